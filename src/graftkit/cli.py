@@ -1,0 +1,219 @@
+"""The ``graft`` command line: thin functions that build a config and call the public API."""
+from __future__ import annotations
+
+import csv
+import dataclasses
+import io
+import json
+import sys
+import traceback
+from pathlib import Path
+from typing import Annotated, Optional
+
+import typer
+
+from . import __version__
+from .config import TrainConfig
+from .errors import GraftError
+
+app = typer.Typer(add_completion=False, no_args_is_help=True, pretty_exceptions_enable=False,
+                  help="graftkit: transfer learning and fine-tuning of image classifiers.")
+_state = {"debug": False}
+_D = {f.name: f.default for f in dataclasses.fields(TrainConfig)}
+
+
+def _version(value: bool) -> None:
+    if value:
+        typer.echo(f"graftkit {__version__}")
+        raise typer.Exit()
+
+
+@app.callback()
+def _main(version: Annotated[bool, typer.Option("--version", callback=_version, is_eager=True,
+                                                help="Print the version and exit.")] = False,
+          debug: Annotated[bool, typer.Option("--debug", help="Show tracebacks on errors.")] = False) -> None:
+    _state["debug"] = debug
+
+
+@app.command()
+def backbones() -> None:
+    """List the backbones; 'offline' ones have weights that ship with graftkit's dependencies."""
+    from rich.console import Console
+    from rich.table import Table
+
+    from .backbones import list_backbones
+
+    table = Table("name", "works offline", "description")
+    for info in list_backbones():
+        table.add_row(info.name, "yes" if info.offline else "no", info.description)
+    table.add_row("<any timm model>", "no", "timm hub weights (network), or --weights FILE, or --no-pretrained")
+    Console().print(table)
+
+
+@app.command("check-data")
+def check_data(data_dir: Path,
+               val_fraction: float = typer.Option(_D["val_fraction"], help="Held out per class when there is no val/."),
+               seed: int = typer.Option(_D["seed"], help="Seeds the split."),
+               skip_bad_images: bool = typer.Option(False, help="Report unreadable images but do not fail.")) -> None:
+    """Scan DATA_DIR as training would: classes, counts, and every problem with a fix."""
+    from .data import scan_data
+
+    scan = scan_data(data_dir, val_fraction, seed, skip_bad_images=skip_bad_images)
+    train_counts, val_counts = scan.class_counts("train"), scan.class_counts("val")
+    typer.echo(f"{data_dir}: {scan.layout} layout, {len(scan.classes)} classes, "
+               f"{len(scan.train)} train / {len(scan.val)} val images")
+    for cls in scan.classes:
+        typer.echo(f"  {cls:<24} train {train_counts[cls]:>6}  val {val_counts[cls]:>6}")
+    for bad in [*scan.bad, *scan.ignored]:
+        typer.echo(f"skipped: {bad.path}: {bad.reason}")
+    for warning in scan.warnings:
+        typer.echo(f"warning: {warning}")
+    typer.echo("ok" if not scan.bad else f"usable with --skip-bad-images ({len(scan.bad)} bad files)")
+
+
+@app.command()
+def train(
+    data_dir: Annotated[Path, typer.Argument(help="Folder with train/ and val/, or with one folder per class.")],
+    strategy: str = typer.Option(_D["strategy"], help="scratch | feature-extraction | fine-tune."),
+    backbone: str = typer.Option(_D["backbone"], help="See 'graft backbones'; any timm name too."),
+    pretrained: bool = typer.Option(True, help="--no-pretrained: random init."),
+    weights: Optional[Path] = typer.Option(None, help="Local .safetensors/.pth backbone weights."),
+    image_size: Optional[int] = typer.Option(None, help="Input size (default: the backbone's)."),
+    epochs: int = typer.Option(_D["epochs"], help="Epochs for scratch and feature-extraction."),
+    head_epochs: int = typer.Option(_D["head_epochs"], help="fine-tune: epochs with the backbone frozen."),
+    finetune_epochs: int = typer.Option(_D["finetune_epochs"], help="fine-tune: epochs after unfreezing."),
+    freeze: int = typer.Option(_D["freeze"], help="fine-tune: first K stages stay frozen when unfreezing."),
+    lr: float = typer.Option(_D["lr"], help="Peak learning rate of the head (and of scratch)."),
+    finetune_lr: float = typer.Option(_D["finetune_lr"], help="Peak learning rate after unfreezing."),
+    stage_lr_decay: float = typer.Option(_D["stage_lr_decay"], help="LR factor per stage going down."),
+    weight_decay: float = typer.Option(_D["weight_decay"]),
+    label_smoothing: float = typer.Option(_D["label_smoothing"]),
+    dropout: float = typer.Option(_D["dropout"], help="Dropout before the new head."),
+    train_bn: bool = typer.Option(_D["train_bn"], help="Let unfrozen BatchNorm use batch statistics."),
+    batch_size: int = typer.Option(_D["batch_size"]),
+    augment: str = typer.Option(_D["augment"], help="none | light (random resized crop + flip)."),
+    val_fraction: float = typer.Option(_D["val_fraction"], help="Held out per class when there is no val/."),
+    seed: int = typer.Option(_D["seed"]),
+    skip_bad_images: bool = typer.Option(False, help="Train on the readable images; list the rest in skipped.txt."),
+    device: str = typer.Option(_D["device"], help="auto | cpu | cuda."),
+    num_workers: int = typer.Option(_D["num_workers"], help="Data-loading worker processes."),
+    out: Optional[Path] = typer.Option(None, "--out", help="Run folder (default runs/<time>-<strategy>)."),
+    quiet: bool = typer.Option(False, "--quiet", "-q", help="Print only the final line."),
+    plain: bool = typer.Option(False, help="One line per epoch, no progress bar."),
+    print_config: bool = typer.Option(False, help="Print the resolved config and exit."),
+) -> None:
+    """Train a classifier on DATA_DIR and write a run folder."""
+    from .engine import fit
+
+    progress = "none" if quiet else ("plain" if plain else "auto")
+    cfg = TrainConfig(data_dir=data_dir, strategy=strategy, backbone=backbone, pretrained=pretrained,
+                      weights=weights, image_size=image_size, epochs=epochs, head_epochs=head_epochs,
+                      finetune_epochs=finetune_epochs, freeze=freeze, lr=lr, finetune_lr=finetune_lr,
+                      stage_lr_decay=stage_lr_decay, weight_decay=weight_decay,
+                      label_smoothing=label_smoothing, dropout=dropout, train_bn=train_bn,
+                      batch_size=batch_size, augment=augment, val_fraction=val_fraction, seed=seed,
+                      skip_bad_images=skip_bad_images, device=device, num_workers=num_workers,
+                      out_dir=out, progress=progress)
+    if print_config:
+        typer.echo(cfg.to_json())
+        return
+    run = fit(cfg)
+    if quiet:
+        typer.echo(f"val_accuracy {run.metrics['val_accuracy']:.4f} → {run.out_dir}")
+
+
+@app.command()
+def predict(model: Annotated[Path, typer.Argument(help="Run folder (or its model.json).")],
+            paths: Annotated[list[Path], typer.Argument(help="Image files or folders (recursive).")],
+            top_k: int = typer.Option(1, help="Classes to show per image."),
+            format: str = typer.Option("table", "--format", help="table | json | csv.")) -> None:
+    """Predict the class of images with a trained model."""
+    from .predict import ImageClassifier
+
+    if format not in ("table", "json", "csv"):
+        raise GraftError(f"--format must be table, json or csv; got {format!r}")
+    classifier = ImageClassifier.from_run(model)
+    results = classifier.predict(paths, top_k=top_k,
+                                 on_skip=lambda p, r: typer.echo(f"skipped: {p}: {r}", err=True))
+    if format == "json":
+        typer.echo(json.dumps([{"path": str(r.path), "class": r.label, "probability": r.probability,
+                                "top": [{"class": c, "probability": p} for c, p in r.top]}
+                               for r in results], indent=2))
+    elif format == "csv":
+        buffer = io.StringIO()
+        writer = csv.writer(buffer)
+        writer.writerow(["path", *[h for i in range(len(results[0].top)) for h in (f"class_{i + 1}", f"probability_{i + 1}")]])
+        for r in results:
+            writer.writerow([str(r.path), *[v for c, p in r.top for v in (c, f"{p:.6f}")]])
+        typer.echo(buffer.getvalue(), nl=False)
+    else:
+        from rich.console import Console
+        from rich.table import Table
+
+        table = Table("image", "class", "probability", *(["top"] if top_k > 1 else []))
+        for r in results:
+            extra = [", ".join(f"{c} {p:.3f}" for c, p in r.top[1:])] if top_k > 1 else []
+            table.add_row(str(r.path), r.label, f"{r.probability:.3f}", *extra)
+        Console().print(table)
+
+
+@app.command()
+def evaluate(model: Annotated[Path, typer.Argument(help="Run folder (or its model.json).")],
+             data_dir: Annotated[Path, typer.Argument(help="Labelled image folder.")],
+             split: str = typer.Option("val", help="val | train | all."),
+             as_json: bool = typer.Option(False, "--json", help="Print the metrics as JSON."),
+             skip_bad_images: bool = typer.Option(False)) -> None:
+    """Accuracy, per-class precision/recall/F1 and the confusion matrix on labelled data."""
+    from .predict import ImageClassifier
+
+    result = ImageClassifier.from_run(model).evaluate(data_dir, split, skip_bad_images)
+    if as_json:
+        typer.echo(json.dumps(result, indent=2))
+        return
+    from rich.console import Console
+    from rich.table import Table
+
+    console = Console()
+    console.print(f"accuracy {result['accuracy']:.4f} on {result['num_images']} images "
+                  f"({split} split of {data_dir}), loss {result['loss']:.4f}")
+    table = Table("class", "precision", "recall", "f1", "support")
+    for cls, m in result["per_class"].items():
+        table.add_row(cls, f"{m['precision']:.3f}", f"{m['recall']:.3f}", f"{m['f1']:.3f}", str(m["support"]))
+    console.print(table)
+    matrix = Table("true \\ predicted", *result["classes"], title="confusion matrix")
+    for cls, row in zip(result["classes"], result["confusion_matrix"]):
+        matrix.add_row(cls, *map(str, row))
+    console.print(matrix)
+
+
+@app.command()
+def demo(out: Path = typer.Option(Path("runs/demo"), "--out", help="Run folder."),
+         data: Path = typer.Option(Path("runs/demo-data"), help="Where to write the digits images."),
+         epochs: int = typer.Option(4, help="Training epochs.")) -> None:
+    """Train on scikit-learn's bundled handwritten digits, offline, in about a minute."""
+    from .data.synthetic import write_digits_folder
+    from .engine import fit
+
+    data_dir = write_digits_folder(data)
+    cfg = TrainConfig(data_dir=data_dir, strategy="feature-extraction", image_size=128, epochs=epochs,
+                      augment="none", out_dir=out, lr=1e-2)
+    run = fit(cfg)
+    typer.echo(f"demo: val_accuracy {run.metrics['val_accuracy']:.4f} on {run.metrics['num_val']} digits; "
+               f"run folder {run.out_dir}")
+
+
+def main() -> None:
+    try:
+        app()
+    except GraftError as exc:
+        if _state["debug"]:
+            traceback.print_exc()
+        typer.echo(f"error: {exc}", err=True)
+        sys.exit(exc.exit_code)
+    except KeyboardInterrupt:
+        typer.echo("interrupted", err=True)
+        sys.exit(130)
+
+
+if __name__ == "__main__":
+    main()

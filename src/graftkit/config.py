@@ -1,0 +1,111 @@
+"""One frozen config flows from the CLI (or Python) to :func:`graftkit.fit`."""
+from __future__ import annotations
+
+import dataclasses
+import json
+from dataclasses import dataclass
+from pathlib import Path
+from typing import Any
+
+from .errors import ConfigError
+
+STRATEGIES = ("scratch", "feature-extraction", "fine-tune")
+DEVICES = ("auto", "cpu", "cuda")
+PROGRESS = ("auto", "bar", "plain", "none")
+
+
+@dataclass(frozen=True)
+class TrainConfig:
+    """Everything that defines a training run. Defaults are measured (see README, "Defaults").
+
+    Strategies:
+        scratch: random init, every stage trained for ``epochs`` at ``lr``.
+        feature-extraction: pretrained backbone frozen (BatchNorm in inference mode), the new head
+            trained for ``epochs`` at ``lr``.
+        fine-tune: feature extraction for ``head_epochs`` at ``lr``, then stages from ``freeze`` on
+            unfrozen and trained with the head for ``finetune_epochs`` at ``finetune_lr`` (stage k
+            from the top gets ``finetune_lr * stage_lr_decay**k``).
+    """
+
+    data_dir: Path
+    strategy: str = "fine-tune"
+    backbone: str = "efficientnet_lite0"
+    pretrained: bool = True
+    weights: Path | None = None
+    image_size: int | None = None  # None: the backbone's native size
+    epochs: int = 10               # one-phase strategies (scratch, feature-extraction)
+    head_epochs: int = 2           # fine-tune: the frozen phase
+    finetune_epochs: int = 4       # fine-tune: the unfrozen phase
+    freeze: int = 0                # fine-tune: stages kept frozen in the unfrozen phase
+    lr: float = 3e-3               # head (and scratch) peak learning rate, AdamW
+    finetune_lr: float = 1e-4      # fine-tune phase peak learning rate
+    stage_lr_decay: float = 0.8    # per stage, from the top, in the fine-tune phase
+    weight_decay: float = 0.01
+    warmup_fraction: float = 0.1   # of each phase's steps, then cosine to zero
+    label_smoothing: float = 0.1
+    dropout: float = 0.2
+    train_bn: bool = False         # BatchNorm of unfrozen pretrained stages: batch stats (True) or kept
+    batch_size: int = 32
+    augment: str = "light"
+    val_fraction: float = 0.2
+    seed: int = 0
+    skip_bad_images: bool = False
+    device: str = "auto"
+    num_workers: int = 0
+    channels_last: bool = True
+    out_dir: Path | None = None    # None: runs/<time>-<strategy>
+    progress: str = "auto"
+
+    def __post_init__(self) -> None:
+        object.__setattr__(self, "data_dir", Path(self.data_dir))
+        if self.out_dir is not None:
+            object.__setattr__(self, "out_dir", Path(self.out_dir))
+        if self.weights is not None:
+            object.__setattr__(self, "weights", Path(self.weights))
+        _choice("strategy", self.strategy, STRATEGIES)
+        _choice("device", self.device, DEVICES)
+        _choice("progress", self.progress, PROGRESS)
+        from .data.transforms import AUGMENTS
+
+        _choice("augment", self.augment, AUGMENTS)
+        for name in ("epochs", "head_epochs", "finetune_epochs", "freeze", "num_workers"):
+            if getattr(self, name) < 0:
+                raise ConfigError(f"{name} must be >= 0, got {getattr(self, name)}")
+        if self.batch_size < 1:
+            raise ConfigError(f"batch_size must be >= 1, got {self.batch_size}")
+        if self.image_size is not None and self.image_size < 16:
+            raise ConfigError(f"image_size must be >= 16 pixels, got {self.image_size}")
+        for name in ("lr", "finetune_lr"):
+            if not getattr(self, name) > 0:
+                raise ConfigError(f"{name} must be > 0, got {getattr(self, name)}")
+        if not 0 < self.val_fraction < 1:
+            raise ConfigError(f"val_fraction must be between 0 and 1, got {self.val_fraction}")
+        for name in ("label_smoothing", "dropout", "warmup_fraction"):
+            if not 0 <= getattr(self, name) < 1:
+                raise ConfigError(f"{name} must be in [0, 1), got {getattr(self, name)}")
+        if not 0 < self.stage_lr_decay <= 1:
+            raise ConfigError(f"stage_lr_decay must be in (0, 1], got {self.stage_lr_decay}")
+        if self.strategy == "scratch" and self.weights is not None:
+            raise ConfigError("--weights has no meaning with --strategy scratch (random init); drop one")
+        if self.total_epochs == 0:
+            raise ConfigError(f"strategy {self.strategy!r} would train for 0 epochs; raise the epochs")
+
+    @property
+    def total_epochs(self) -> int:
+        if self.strategy == "fine-tune":
+            return self.head_epochs + self.finetune_epochs
+        return self.epochs
+
+    def replace(self, **changes: Any) -> "TrainConfig":
+        return dataclasses.replace(self, **changes)
+
+    def to_dict(self) -> dict[str, Any]:
+        return {k: (str(v) if isinstance(v, Path) else v) for k, v in dataclasses.asdict(self).items()}
+
+    def to_json(self) -> str:
+        return json.dumps(self.to_dict(), indent=2)
+
+
+def _choice(name: str, value: str, allowed: tuple[str, ...]) -> None:
+    if value not in allowed:
+        raise ConfigError(f"{name} must be one of {', '.join(allowed)}; got {value!r}")

@@ -1,0 +1,3 @@
+from .fit import Run, fit
+
+__all__ = ["Run", "fit"]

@@ -1,0 +1,68 @@
+"""The training loop: one epoch of training, one pass of evaluation. Nothing hidden."""
+from __future__ import annotations
+
+from typing import Callable, Iterable
+
+import torch
+from torch import nn
+
+from ..errors import GraftError
+
+
+class TrainingDiverged(GraftError):
+    """The loss became NaN or infinite."""
+
+
+def to_device(images: torch.Tensor, labels: torch.Tensor, device: torch.device,
+              channels_last: bool) -> tuple[torch.Tensor, torch.Tensor]:
+    memory_format = torch.channels_last if channels_last else torch.contiguous_format
+    non_blocking = device.type == "cuda"
+    return (images.to(device, memory_format=memory_format, non_blocking=non_blocking),
+            labels.to(device, non_blocking=non_blocking))
+
+
+def train_one_epoch(model: nn.Module, loader: Iterable, optimizer: torch.optim.Optimizer,
+                    set_lr: Callable[[int], float], loss_fn: nn.Module, device: torch.device,
+                    channels_last: bool = True, on_step: Callable[[float], None] | None = None) -> dict:
+    """Train over ``loader`` once; ``set_lr(step)`` sets this step's learning rates first."""
+    model.train()
+    total_loss, correct, seen = 0.0, 0, 0
+    for step, (images, labels) in enumerate(loader):
+        set_lr(step)
+        images, labels = to_device(images, labels, device, channels_last)
+        logits = model(images)
+        loss = loss_fn(logits, labels)
+        if not torch.isfinite(loss):
+            raise TrainingDiverged(f"the training loss became {loss.item()} at step {step}; "
+                                   f"lower the learning rate (--lr / --finetune-lr).")
+        optimizer.zero_grad(set_to_none=True)
+        loss.backward()
+        optimizer.step()
+        total_loss += loss.item() * len(labels)
+        correct += (logits.argmax(1) == labels).sum().item()
+        seen += len(labels)
+        if on_step is not None:
+            on_step(loss.item())
+    return {"train_loss": total_loss / max(seen, 1), "train_accuracy": correct / max(seen, 1)}
+
+
+@torch.no_grad()
+def predict_logits(model: nn.Module, loader: Iterable, device: torch.device,
+                   channels_last: bool = True) -> tuple[torch.Tensor, torch.Tensor]:
+    """``(N, num_classes)`` logits and ``(N,)`` labels over ``loader``, in order."""
+    model.eval()
+    all_logits, all_labels = [], []
+    for images, labels in loader:
+        images, labels = to_device(images, labels, device, channels_last)
+        all_logits.append(model(images).float().cpu())
+        all_labels.append(labels.cpu())
+    return torch.cat(all_logits), torch.cat(all_labels)
+
+
+def evaluate(model: nn.Module, loader: Iterable, device: torch.device, channels_last: bool = True) -> dict:
+    """Validation loss (plain cross-entropy), accuracy, and the probabilities behind them."""
+    logits, labels = predict_logits(model, loader, device, channels_last)
+    loss = nn.functional.cross_entropy(logits, labels).item()
+    probs = logits.softmax(1)
+    accuracy = (probs.argmax(1) == labels).float().mean().item()
+    return {"val_loss": loss, "val_accuracy": accuracy, "probs": probs, "labels": labels}

@@ -1,0 +1,132 @@
+"""Using a trained model: predict images, evaluate on a labelled folder."""
+from __future__ import annotations
+
+from dataclasses import dataclass
+from pathlib import Path
+from typing import Iterable, Sequence
+
+import numpy as np
+import torch
+from torch.utils.data import DataLoader, Dataset
+
+from .data import IMAGE_EXTENSIONS, build_eval_transform, check_image, load_image, scan_data
+from .data.scan import _walk_files
+from .engine.checkpoint import load_model
+from .engine.loop import predict_logits
+from .engine.metrics import classification_metrics
+from .errors import CheckpointError, DataError
+
+
+@dataclass(frozen=True)
+class Prediction:
+    path: Path
+    top: list[tuple[str, float]]  # (class, probability), most likely first
+
+    @property
+    def label(self) -> str:
+        return self.top[0][0]
+
+    @property
+    def probability(self) -> float:
+        return self.top[0][1]
+
+
+class _Files(Dataset):
+    def __init__(self, paths: Sequence[Path], transform, min_size: int) -> None:
+        self.paths, self.transform, self.min_size = list(paths), transform, min_size
+
+    def __len__(self) -> int:
+        return len(self.paths)
+
+    def __getitem__(self, i: int):
+        return self.transform(load_image(self.paths[i], self.min_size)), 0
+
+
+def expand_image_paths(paths: Iterable[str | Path]) -> list[Path]:
+    """Files as given, folders searched recursively for image files (hidden ones skipped)."""
+    out: list[Path] = []
+    for p in map(Path, paths):
+        if p.is_dir():
+            out.extend(f for f in _walk_files(p) if f.suffix.lower() in IMAGE_EXTENSIONS)
+        elif p.exists():
+            out.append(p)
+        else:
+            raise DataError(f"'{p}' does not exist. Check the path.")
+    return out
+
+
+class ImageClassifier:
+    """A trained model ready to use: ``graftkit.load(run_dir).predict(["a.jpg"])``."""
+
+    def __init__(self, model, meta: dict, device: str = "cpu") -> None:
+        self.model = model.to(device).eval()
+        self.meta = meta
+        self.device = torch.device(device)
+        self.classes: list[str] = list(meta["classes"])
+        pre = meta["preprocessing"]
+        self.image_size = int(pre["image_size"])
+        self.transform = build_eval_transform(self.image_size, pre["mean"], pre["std"])
+
+    @classmethod
+    def from_run(cls, path: str | Path, device: str = "cpu") -> "ImageClassifier":
+        model, meta = load_model(path)
+        return cls(model, meta, device)
+
+    def _loader(self, paths: Sequence[Path]) -> DataLoader:
+        return DataLoader(_Files(paths, self.transform, int(self.meta["preprocessing"]["resize"])),
+                          batch_size=32)
+
+    def predict_proba(self, paths: Sequence[str | Path]) -> np.ndarray:
+        """``(N, num_classes)`` probabilities for readable image files, in order."""
+        logits, _ = predict_logits(self.model, self._loader([Path(p) for p in paths]), self.device, False)
+        return logits.softmax(1).numpy()
+
+    def predict(self, paths: Sequence[str | Path] | str | Path, top_k: int = 1,
+                on_skip=None) -> list[Prediction]:
+        """Top-k classes for every image under ``paths`` (files or folders). Unreadable files are
+        skipped and reported through ``on_skip(path, reason)``."""
+        if isinstance(paths, (str, Path)):
+            paths = [paths]
+        files, good = expand_image_paths(paths), []
+        for f in files:
+            reason = check_image(f, None)
+            if reason is None:
+                good.append(f)
+            elif on_skip is not None:
+                on_skip(f, reason)
+        if not good:
+            raise DataError(f"no readable images in {', '.join(map(str, paths))}. "
+                            f"Pass image files or folders holding them.")
+        probs = self.predict_proba(good)
+        k = max(1, min(top_k, len(self.classes)))
+        order = np.argsort(-probs, axis=1)[:, :k]
+        return [Prediction(f, [(self.classes[j], float(p[j])) for j in idx])
+                for f, p, idx in zip(good, probs, order)]
+
+    def evaluate(self, data_dir: str | Path, split: str = "val", skip_bad_images: bool = False) -> dict:
+        """Accuracy, per-class precision/recall/F1 and confusion matrix on a labelled folder.
+
+        ``split``: ``val`` (a split root's val/, or the same seeded hold-out the model was trained
+        with for a class-folder root), ``train``, or ``all``.
+        """
+        split_cfg = self.meta.get("split", {})
+        scan = scan_data(data_dir, float(split_cfg.get("val_fraction", 0.2)), int(split_cfg.get("seed", 0)),
+                         skip_bad_images=skip_bad_images)
+        unknown = sorted(set(scan.classes) - set(self.classes))
+        if unknown:
+            raise CheckpointError(f"'{data_dir}' has classes the model does not know: {', '.join(unknown)} "
+                                  f"(model classes: {', '.join(self.classes)}). Evaluate on matching data "
+                                  f"or retrain.")
+        samples = {"val": scan.val, "train": scan.train, "all": [*scan.train, *scan.val]}.get(split)
+        if samples is None:
+            raise DataError(f"split must be val, train or all; got {split!r}")
+        if not samples:
+            raise DataError(f"'{data_dir}' has no images in split {split!r}.")
+        to_model = [self.classes.index(scan.classes[s.label]) for s in samples]
+        probs = self.predict_proba([s.path for s in samples])
+        labels = np.array(to_model)
+        result = classification_metrics(labels, probs.argmax(1), self.classes)
+        result["loss"] = float(-np.mean(np.log(np.clip(probs[np.arange(len(labels)), labels], 1e-12, 1))))
+        result["split"] = split
+        result["data_dir"] = str(data_dir)
+        return result

@@ -1,0 +1,53 @@
+from __future__ import annotations
+
+import os
+import subprocess
+import sys
+from pathlib import Path
+
+import numpy as np
+import pytest
+from PIL import Image
+
+SHARED_DATASETS = Path(__file__).resolve().parents[1].parent / "shared" / "datasets"
+
+
+def write_color_images(folder: Path, rgb: tuple[int, int, int], count: int, size: int = 32,
+                       seed: int = 0, fmt: str = "png") -> None:
+    folder.mkdir(parents=True, exist_ok=True)
+    rng = np.random.default_rng(seed)
+    for i in range(count):
+        noise = rng.integers(-25, 25, size=(size, size, 3))
+        pixels = np.clip(np.array(rgb)[None, None] + noise, 0, 255).astype(np.uint8)
+        Image.fromarray(pixels).save(folder / f"{i:03d}.{fmt}")
+
+
+@pytest.fixture
+def class_folder(tmp_path: Path) -> Path:
+    """Two learnable classes (red, blue) x 10 images of 32 px, class folders directly."""
+    root = tmp_path / "data"
+    write_color_images(root / "red", (210, 40, 40), 10, seed=1)
+    write_color_images(root / "blue", (40, 40, 210), 10, seed=2)
+    return root
+
+
+@pytest.fixture
+def split_folder(tmp_path: Path) -> Path:
+    """train/ + val/ with three colour classes."""
+    root = tmp_path / "splits"
+    for i, (name, rgb) in enumerate({"red": (210, 40, 40), "green": (40, 210, 40),
+                                     "blue": (40, 40, 210)}.items()):
+        write_color_images(root / "train" / name, rgb, 8, seed=i)
+        write_color_images(root / "val" / name, rgb, 3, seed=10 + i)
+    return root
+
+
+TINY = dict(backbone="tiny_cnn", image_size=32, epochs=2, head_epochs=1, finetune_epochs=1,
+            batch_size=8, device="cpu", progress="none", num_workers=0)
+
+
+def run_graft(*args: str, cwd: Path | None = None) -> subprocess.CompletedProcess:
+    """Run the real console entry point in a subprocess (exit codes and stderr as a user sees them)."""
+    env = {**os.environ, "PYTHONUNBUFFERED": "1"}
+    return subprocess.run([sys.executable, "-m", "graftkit.cli", *args], capture_output=True, text=True,
+                          cwd=cwd, env=env, timeout=600)
