@@ -13,13 +13,18 @@ def _cfg(**kw) -> TrainConfig:
 
 
 def test_fine_tune_is_head_then_unfreeze():
-    phases = build_phases(_cfg(head_epochs=2, finetune_epochs=3, freeze=1), num_stages=4)
+    phases = build_phases(_cfg(head_epochs=2, finetune_epochs=3, freeze=1, stage_lr_decay=0.5), num_stages=4)
     assert [(p.name, p.epochs) for p in phases] == [("head", 2), ("finetune", 3)]
     assert [phase_at(phases, e)[1].name for e in range(5)] == ["head"] * 2 + ["finetune"] * 3
     assert phases[0].trainable_stages(4) == [False] * 4
     assert phases[1].trainable_stages(4) == [False, True, True, True]
-    mults = phases[1].lr_multipliers(4, 0.5)
+    mults = phases[1].lr_multipliers(4)
     assert mults == [0.0, 0.125, 0.25, 0.5, 1.0]  # frozen, decaying downwards, head 1x
+
+
+def test_scratch_trains_every_stage_at_the_same_rate():
+    (phase,) = build_phases(_cfg(strategy="scratch", stage_lr_decay=0.5), num_stages=4)
+    assert phase.lr_multipliers(4) == [1.0] * 5 and phase.train_bn
 
 
 def test_freeze_all_stages_is_refused():

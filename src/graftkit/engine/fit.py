@@ -99,23 +99,22 @@ def fit(cfg: TrainConfig, scan: DataScan | None = None) -> Run:
     """
     started = time.perf_counter()
     generator = seed_everything(cfg.seed)
-    out_dir = prepare_out_dir(cfg)
     report = ProgressReporter(cfg.progress)
     try:
-        return _fit(cfg, scan, out_dir, report, generator, started)
+        return _fit(cfg, scan, report, generator, started)
     finally:
         report.close()
 
 
-def _fit(cfg: TrainConfig, scan: DataScan | None, out_dir: Path, report: ProgressReporter,
+def _fit(cfg: TrainConfig, scan: DataScan | None, report: ProgressReporter,
          generator: torch.Generator, started: float) -> Run:
     device = resolve_device(cfg.device)
+    if scan is None:  # validate the data before anything slow happens
+        scan = scan_data(cfg.data_dir, cfg.val_fraction, cfg.seed, cfg.skip_bad_images)
+    out_dir = prepare_out_dir(cfg)
     backbone = create_backbone(cfg.backbone, pretrained=cfg.pretrained and cfg.strategy != "scratch",
                                weights=cfg.weights)
     image_size = cfg.image_size or backbone.image_size
-    if scan is None:
-        scan = scan_data(cfg.data_dir, cfg.val_fraction, cfg.seed, cfg.skip_bad_images,
-                         min_size=round(image_size / EVAL_CROP_FRACTION))
     for warning in scan.warnings:
         report.message(f"warning: {warning}")
     if scan.bad or scan.ignored:
@@ -154,8 +153,8 @@ def _fit(cfg: TrainConfig, scan: DataScan | None, out_dir: Path, report: Progres
             if phase_epoch == 0:  # the one place freezing changes
                 model.set_trainable(phase.trainable_stages(backbone.num_stages), phase.train_bn)
                 report.message(f"phase {phase_index + 1}/{len(phases)} · "
-                               f"{phase.describe(backbone.num_stages, cfg.stage_lr_decay)}")
-            multipliers = phase.lr_multipliers(backbone.num_stages, cfg.stage_lr_decay)
+                               f"{phase.describe(backbone.num_stages)}")
+            multipliers = phase.lr_multipliers(backbone.num_stages)
             steps = len(train_loader)
             total_steps = steps * phase.epochs
 

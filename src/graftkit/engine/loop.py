@@ -64,5 +64,5 @@ def evaluate(model: nn.Module, loader: Iterable, device: torch.device, channels_
     logits, labels = predict_logits(model, loader, device, channels_last)
     loss = nn.functional.cross_entropy(logits, labels).item()
     probs = logits.softmax(1)
-    accuracy = (probs.argmax(1) == labels).float().mean().item()
+    accuracy = (probs.argmax(1) == labels).sum().item() / max(len(labels), 1)
     return {"val_loss": loss, "val_accuracy": accuracy, "probs": probs, "labels": labels}

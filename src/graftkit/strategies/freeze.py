@@ -19,26 +19,27 @@ class Phase:
     lr: float              # peak learning rate of the head in this phase
     first_trainable: int | None  # first unfrozen backbone stage; None: backbone frozen
     train_bn: bool
+    stage_lr_decay: float = 1.0  # learning-rate factor per stage, going down from the head
 
     def trainable_stages(self, num_stages: int) -> list[bool]:
         if self.first_trainable is None:
             return [False] * num_stages
         return [i >= self.first_trainable for i in range(num_stages)]
 
-    def lr_multipliers(self, num_stages: int, stage_lr_decay: float) -> list[float]:
+    def lr_multipliers(self, num_stages: int) -> list[float]:
         """One multiplier per stage, then 1.0 for the head; 0 for frozen stages."""
         trainable = self.trainable_stages(num_stages)
-        stage = [stage_lr_decay ** (num_stages - i) if t else 0.0 for i, t in enumerate(trainable)]
+        stage = [self.stage_lr_decay ** (num_stages - i) if t else 0.0 for i, t in enumerate(trainable)]
         return [*stage, 1.0]
 
-    def describe(self, num_stages: int, stage_lr_decay: float) -> str:
+    def describe(self, num_stages: int) -> str:
         if self.first_trainable is None:
-            return f"{self.name}: backbone frozen, head {self.lr:.1e}"
+            return f"{self.name}: backbone frozen, head at {self.lr:.1e}"
         frozen = f"stages 0-{self.first_trainable - 1} frozen, " if self.first_trainable > 0 else ""
-        mults = self.lr_multipliers(num_stages, stage_lr_decay)
+        mults = self.lr_multipliers(num_stages)
         low = mults[self.first_trainable]
         return (f"{self.name}: {frozen}stages {self.first_trainable}-{num_stages - 1} at "
-                f"{low:.2g}x-{mults[num_stages - 1]:.2g}x, head {self.lr:.1e}"
+                f"{low:.2g}x-{mults[num_stages - 1]:.2g}x, head at {self.lr:.1e}"
                 f"{', BN training' if self.train_bn else ', BN frozen'}")
 
 
@@ -55,7 +56,8 @@ def build_phases(cfg: TrainConfig, num_stages: int) -> list[Phase]:
     if cfg.head_epochs:
         phases.append(Phase("head", cfg.head_epochs, cfg.lr, None, train_bn=False))
     if cfg.finetune_epochs:
-        phases.append(Phase("finetune", cfg.finetune_epochs, cfg.finetune_lr, cfg.freeze, cfg.train_bn))
+        phases.append(Phase("finetune", cfg.finetune_epochs, cfg.finetune_lr, cfg.freeze, cfg.train_bn,
+                            cfg.stage_lr_decay))
     return phases
 
 
