@@ -22,6 +22,14 @@ def write_color_images(folder: Path, rgb: tuple[int, int, int], count: int, size
         Image.fromarray(pixels).save(folder / f"{i:03d}.{fmt}")
 
 
+@pytest.fixture(autouse=True)
+def isolated_cache(tmp_path_factory, monkeypatch) -> Path:
+    """Every test gets its own cache folder (never the user's ~/.cache/graftkit)."""
+    cache_home = tmp_path_factory.mktemp("cache-home")
+    monkeypatch.setenv("XDG_CACHE_HOME", str(cache_home))
+    return cache_home / "graftkit"
+
+
 @pytest.fixture
 def class_folder(tmp_path: Path) -> Path:
     """Two learnable classes (red, blue) x 10 images of 32 px, class folders directly."""

@@ -97,6 +97,13 @@ def train(
     skip_bad_images: bool = typer.Option(False, help="Train on the readable images; list the rest in skipped.txt."),
     device: str = typer.Option(_D["device"], help="auto | cpu | cuda."),
     num_workers: int = typer.Option(_D["num_workers"], help="Data-loading worker processes."),
+    precision: str = typer.Option(_D["precision"], help="auto | fp32 | bf16 (autocast)."),
+    compile: bool = typer.Option(_D["compile"], "--compile", help="torch.compile the trained part."),
+    cache: bool = typer.Option(_D["cache"], help="--no-cache: decode and recompute everything in this run only."),
+    cache_dir: Optional[Path] = typer.Option(None, help="Cache folder (default ~/.cache/graftkit)."),
+    cache_views: int = typer.Option(_D["cache_views"], help="Augmented views cached per training image "
+                                    "for frozen phases: 1 = the clean crop only (fastest); more = more "
+                                    "augmentation, one backbone pass per view."),
     out: Optional[Path] = typer.Option(None, "--out", help="Run folder (default runs/<time>-<strategy>)."),
     quiet: bool = typer.Option(False, "--quiet", "-q", help="Print only the final line."),
     plain: bool = typer.Option(False, help="One line per epoch, no progress bar."),
@@ -113,7 +120,8 @@ def train(
                       label_smoothing=label_smoothing, dropout=dropout, train_bn=train_bn,
                       batch_size=batch_size, augment=augment, val_fraction=val_fraction, seed=seed,
                       skip_bad_images=skip_bad_images, device=device, num_workers=num_workers,
-                      out_dir=out, progress=progress)
+                      precision=precision, compile=compile, cache=cache, cache_dir=cache_dir,
+                      cache_views=cache_views, out_dir=out, progress=progress)
     if print_config:
         typer.echo(cfg.to_json())
         return
@@ -184,6 +192,34 @@ def evaluate(model: Annotated[Path, typer.Argument(help="Run folder (or its mode
     for cls, row in zip(result["classes"], result["confusion_matrix"]):
         matrix.add_row(cls, *map(str, row))
     console.print(matrix)
+
+
+cache_app = typer.Typer(help="Inspect or clear the decoded-image and feature caches.", no_args_is_help=True)
+app.add_typer(cache_app, name="cache")
+
+
+@cache_app.command("info")
+def cache_info(cache_dir: Optional[Path] = typer.Option(None, help="Default ~/.cache/graftkit.")) -> None:
+    """What the cache holds: one line per store, with rows and size on disk."""
+    from .cache import cache_summary
+    from .config import default_cache_dir
+
+    folder = cache_dir or default_cache_dir()
+    entries = cache_summary(folder)
+    for e in entries:
+        typer.echo(f"{e['kind']:<9} {e['rows']:>8} rows {e['bytes'] / 2**20:>9.1f} MiB  {e['description']}  ({e['key']})")
+    total = sum(e["bytes"] for e in entries)
+    typer.echo(f"{folder}: {len(entries)} store(s), {total / 2**20:.1f} MiB")
+
+
+@cache_app.command("clear")
+def cache_clear(cache_dir: Optional[Path] = typer.Option(None, help="Default ~/.cache/graftkit.")) -> None:
+    """Delete every cached decoded image and feature (they are recomputed when needed)."""
+    from .cache import clear_cache
+    from .config import default_cache_dir
+
+    folder = cache_dir or default_cache_dir()
+    typer.echo(f"freed {clear_cache(folder) / 2**20:.1f} MiB in {folder}")
 
 
 @app.command()

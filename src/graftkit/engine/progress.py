@@ -45,6 +45,10 @@ class ProgressReporter:
         if self._progress is not None and self._task is not None:
             self._progress.update(self._task, advance=1, loss=f"{loss:.3f}")
 
+    def advance(self, count: int) -> None:
+        if self._progress is not None and self._task is not None:
+            self._progress.update(self._task, advance=count)
+
     def end_epoch(self, line: str) -> None:
         if self._progress is not None and self._task is not None:
             self._progress.remove_task(self._task)
