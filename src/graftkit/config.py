@@ -53,7 +53,7 @@ class TrainConfig:
     label_smoothing: float = 0.1
     dropout: float = 0.2
     train_bn: bool = False         # BatchNorm of unfrozen pretrained stages: batch stats (True) or kept
-    batch_size: int = 32
+    batch_size: int | None = None  # None: 16 on a CPU (cache-friendly, measured fastest), 64 on CUDA
     augment: str = "light"
     val_fraction: float = 0.2
     seed: int = 0
@@ -63,6 +63,7 @@ class TrainConfig:
     channels_last: bool = True
     precision: str = "auto"        # auto: bf16 autocast where the hardware runs it, else fp32
     compile: bool = False          # torch.compile the trained part (slow first epoch)
+    fold_bn: bool = True           # fold frozen BatchNorm into the conv before it (same result, faster)
     cache: bool = True             # reuse decoded images and frozen features across epochs and runs
     cache_dir: Path | None = None  # None: default_cache_dir()
     cache_views: int = 1           # cached views per training image for frozen phases (1 = clean crop)
@@ -88,7 +89,7 @@ class TrainConfig:
         for name in ("epochs", "head_epochs", "finetune_epochs", "freeze", "num_workers"):
             if getattr(self, name) < 0:
                 raise ConfigError(f"{name} must be >= 0, got {getattr(self, name)}")
-        if self.batch_size < 1:
+        if self.batch_size is not None and self.batch_size < 1:
             raise ConfigError(f"batch_size must be >= 1, got {self.batch_size}")
         if self.image_size is not None and self.image_size < 16:
             raise ConfigError(f"image_size must be >= 16 pixels, got {self.image_size}")

@@ -13,7 +13,8 @@ from .data import IMAGE_EXTENSIONS, build_eval_transform, check_image, decode_sq
 from .data.scan import _walk_files
 from .engine.checkpoint import load_model
 from .engine.features import autocast_for
-from .engine.fit import EVAL_BATCH_SIZE
+from .engine.fit import eval_batch_size
+from .engine.fusion import fold_frozen_batchnorm
 from .engine.loop import predict_logits
 from .engine.metrics import classification_metrics
 from .errors import CheckpointError, DataError
@@ -64,7 +65,7 @@ class ImageClassifier:
     """A trained model ready to use: ``graftkit.load(run_dir).predict(["a.jpg"])``."""
 
     def __init__(self, model, meta: dict, device: str = "cpu") -> None:
-        self.model = model.to(device).eval()
+        self.model = model.to(device, memory_format=torch.channels_last).eval()
         self.meta = meta
         self.device = torch.device(device)
         self.classes: list[str] = list(meta["classes"])
@@ -80,12 +81,14 @@ class ImageClassifier:
 
     def _loader(self, paths: Sequence[Path]) -> DataLoader:
         return DataLoader(_Files(paths, self.transform, int(self.meta["preprocessing"]["resize"])),
-                          batch_size=EVAL_BATCH_SIZE)
+                          batch_size=eval_batch_size(self.device))
 
     def predict_proba(self, paths: Sequence[str | Path]) -> np.ndarray:
         """``(N, num_classes)`` probabilities for readable image files, in order."""
-        logits, _ = predict_logits(self.model, self._loader([Path(p) for p in paths]), self.device,
-                                   channels_last=True, autocast=self.autocast)
+        self.model.eval()
+        with fold_frozen_batchnorm(self.model, enabled=bool(self.meta.get("fold_bn", False))):
+            logits, _ = predict_logits(self.model, self._loader([Path(p) for p in paths]), self.device,
+                                       channels_last=True, autocast=self.autocast)
         return logits.softmax(1).numpy()
 
     def predict(self, paths: Sequence[str | Path] | str | Path, top_k: int = 1,

@@ -21,6 +21,7 @@ from torch import nn
 from ..cache import ArrayStore
 from ..data import DecodedImages, batch_order, make_view, view_schedule
 from ..heads import Classifier
+from .fusion import fold_frozen_batchnorm
 
 FEATURES_VERSION = 1
 
@@ -55,12 +56,12 @@ def weights_digest(modules: Sequence[nn.Module]) -> str:
 
 
 def open_feature_store(cache_dir: Path, classifier: Classifier, cut: int, image_size: int,
-                       decode_size: int, augment: str, precision: str) -> ArrayStore:
+                       decode_size: int, augment: str, precision: str, fold_bn: bool = True) -> ArrayStore:
     backbone = classifier.backbone
     prefix = list(backbone.stages[:cut]) + ([backbone.pool] if cut == backbone.num_stages else [])
     spec = {"version": FEATURES_VERSION, "backbone": backbone.name, "weights": weights_digest(prefix),
             "cut": cut, "image_size": image_size, "decode_size": decode_size, "mean": backbone.mean,
-            "std": backbone.std, "augment": augment, "precision": precision}
+            "std": backbone.std, "augment": augment, "precision": precision, "fold_bn": fold_bn}
     key = hashlib.blake2b(json.dumps(spec, sort_keys=True).encode(), digest_size=12).hexdigest()
     with torch.no_grad():
         probe = torch.zeros(1, 3, image_size, image_size, device=next(backbone.parameters()).device)
@@ -75,23 +76,31 @@ def open_feature_store(cache_dir: Path, classifier: Classifier, cut: int, image_
 def fill_features(store: ArrayStore, classifier: Classifier, cut: int, decoded: DecodedImages,
                   keys: Sequence[str], views: Sequence[int], train_transform: Callable,
                   eval_transform: Callable, device: torch.device, autocast: Callable,
-                  batch_size: int = 64, on_batch: Callable[[int], None] | None = None) -> int:
+                  batch_size: int = 16, on_batch: Callable[[int], None] | None = None,
+                  fold_bn: bool = True, rows_per_chunk: int = 1024) -> int:
     """Compute and store the prefix output of every (image, view) not yet in ``store``."""
     todo = store.missing(f"{k}:{v}" for k in keys for v in views)
     classifier.eval()
-    for start in range(0, len(todo), batch_size):
-        batch = todo[start:start + batch_size]
-        images = []
-        for feature_key in batch:
-            key, view = feature_key.rsplit(":", 1)
-            image = torch.from_numpy(decoded.get([key])[0]).permute(2, 0, 1)
-            images.append(make_view(image, key, int(view), train_transform, eval_transform))
-        x = torch.stack(images).to(device, memory_format=torch.channels_last)
-        with torch.no_grad(), autocast():
-            out = prefix_forward(classifier, x, cut)
-        store.put(batch, out.float().cpu().numpy())
-        if on_batch is not None:
-            on_batch(len(batch))
+    pending_keys: list[str] = []
+    pending_rows: list[np.ndarray] = []
+    with fold_frozen_batchnorm(classifier, enabled=fold_bn):
+        for start in range(0, len(todo), batch_size):
+            batch = todo[start:start + batch_size]
+            images = []
+            for feature_key in batch:
+                key, view = feature_key.rsplit(":", 1)
+                image = torch.from_numpy(decoded.get([key])[0]).permute(2, 0, 1)
+                images.append(make_view(image, key, int(view), train_transform, eval_transform))
+            x = torch.stack(images).to(device, memory_format=torch.channels_last)
+            with torch.no_grad(), autocast():
+                out = prefix_forward(classifier, x, cut)
+            pending_keys.extend(batch)
+            pending_rows.append(out.float().cpu().numpy())
+            if len(pending_keys) >= rows_per_chunk or start + batch_size >= len(todo):
+                store.put(pending_keys, np.concatenate(pending_rows))
+                pending_keys, pending_rows = [], []
+            if on_batch is not None:
+                on_batch(len(batch))
     return len(todo)
 
 

@@ -30,10 +30,19 @@ from ..strategies import Phase, build_optimizer, build_phases, phase_at, set_lea
 from .checkpoint import atomic_write_text, save_model
 from .features import (FeatureBatches, TailModel, autocast_for, fill_features, open_feature_store,
                        resolve_precision)
+from .fusion import fold_frozen_batchnorm
 from .loop import evaluate, train_one_epoch
 from .progress import ProgressReporter
 
-EVAL_BATCH_SIZE = 64  # fixed, so that `graft evaluate` batches exactly as training's final evaluation
+def train_batch_size(cfg: TrainConfig, device: torch.device) -> int:
+    """16 on a CPU: EfficientNet-Lite trains ~1.4x faster per image than at 32 (activations stay in
+    cache); 64 on a GPU."""
+    return cfg.batch_size or (64 if device.type == "cuda" else 16)
+
+
+def eval_batch_size(device: torch.device) -> int:
+    """Fixed per device type, so `graft evaluate` batches exactly as training's final evaluation."""
+    return 128 if device.type == "cuda" else 16
 
 
 @dataclass
@@ -91,7 +100,7 @@ def model_meta(cfg: TrainConfig, model: Classifier, classes: list[str], image_si
         "preprocessing": {"image_size": image_size, "resize": decode_size_for(image_size),
                           "crop": "center", "mean": list(backbone.mean), "std": list(backbone.std),
                           "scale": "0-1 then normalise"},
-        "precision": precision, "split": {"val_fraction": cfg.val_fraction, "seed": cfg.seed},
+        "precision": precision, "fold_bn": cfg.fold_bn, "split": {"val_fraction": cfg.val_fraction, "seed": cfg.seed},
         "strategy": cfg.strategy, "graftkit_version": __version__,
     }
 
@@ -99,8 +108,10 @@ def model_meta(cfg: TrainConfig, model: Classifier, classes: list[str], image_si
 class _Data:
     """The scanned data with its decoded-image cache, and the batches each phase trains on."""
 
-    def __init__(self, cfg: TrainConfig, scan: DataScan, decoded: DecodedImages, image_size: int) -> None:
+    def __init__(self, cfg: TrainConfig, scan: DataScan, decoded: DecodedImages, image_size: int,
+                 device: torch.device) -> None:
         self.cfg, self.scan, self.decoded, self.image_size = cfg, scan, decoded, image_size
+        self.batch_size, self.eval_batch_size = train_batch_size(cfg, device), eval_batch_size(device)
         self.train_keys = decoded.keys([s.path for s in scan.train])
         self.val_keys = decoded.keys([s.path for s in scan.val])
         self.train_labels = [s.label for s in scan.train]
@@ -118,37 +129,37 @@ class _Data:
         train_tf = build_train_transform(self.image_size, backbone.mean, backbone.std, cfg.augment)
         eval_tf = build_eval_transform(self.image_size, backbone.mean, backbone.std)
         num_views = None if cut == 0 else (1 if cfg.augment == "none" else cfg.cache_views)
-        drop_last = len(self.train_keys) > cfg.batch_size
+        drop_last = len(self.train_keys) > self.batch_size
         if cut > 0 and cfg.cache:
             store = open_feature_store(cfg.cache_dir, model, cut, self.image_size, self.decoded.size,
-                                       cfg.augment, precision)
+                                       cfg.augment, precision, cfg.fold_bn)
             views = list(range(num_views))
             todo = len(store.missing(f"{k}:{v}" for k in self.train_keys for v in views)) + \
                 len(store.missing(f"{k}:0" for k in self.val_keys))
             if todo:
                 report.start_epoch(f"caching stages 0-{cut - 1}", todo)
             started = time.perf_counter()
-            fill_features(store, model, cut, self.decoded, self.train_keys, views, train_tf, eval_tf, device,
-                          autocast_for(device, precision), on_batch=report.advance)
-            fill_features(store, model, cut, self.decoded, self.val_keys, [0], train_tf, eval_tf, device,
-                          autocast_for(device, precision), on_batch=report.advance)
+            for keys, key_views in ((self.train_keys, views), (self.val_keys, [0])):
+                fill_features(store, model, cut, self.decoded, keys, key_views, train_tf, eval_tf, device,
+                              autocast_for(device, precision), self.eval_batch_size,
+                              on_batch=report.advance, fold_bn=cfg.fold_bn)
             if todo:
                 report.end_epoch(f"cached {todo} feature rows (stages 0-{cut - 1}, {len(views)} view(s) per "
                                  f"training image) in {time.perf_counter() - started:.1f}s")
-            train = FeatureBatches(store, self.train_keys, self.train_labels, cfg.batch_size, shuffle=True,
+            train = FeatureBatches(store, self.train_keys, self.train_labels, self.batch_size, shuffle=True,
                                    seed=cfg.seed, drop_last=drop_last, num_views=num_views)
-            val = FeatureBatches(store, self.val_keys, self.val_labels, EVAL_BATCH_SIZE)
+            val = FeatureBatches(store, self.val_keys, self.val_labels, self.eval_batch_size)
             return TailModel(model, cut), train, val
         pin = device.type == "cuda"
         train = ImageBatches(DecodedDataset(self.decoded, self.train_keys, self.train_labels, train_tf, eval_tf),
-                             cfg.batch_size, shuffle=True, seed=cfg.seed, drop_last=drop_last,
+                             self.batch_size, shuffle=True, seed=cfg.seed, drop_last=drop_last,
                              num_views=num_views, num_workers=cfg.num_workers, pin_memory=pin)
         val = self.val_batches(eval_tf, pin)
         return model, train, val
 
     def val_batches(self, eval_tf, pin: bool = False) -> ImageBatches:
         return ImageBatches(DecodedDataset(self.decoded, self.val_keys, self.val_labels, eval_tf),
-                            EVAL_BATCH_SIZE, num_workers=self.cfg.num_workers, pin_memory=pin)
+                            self.eval_batch_size, num_workers=self.cfg.num_workers, pin_memory=pin)
 
 
 def fit(cfg: TrainConfig, scan: DataScan | None = None) -> Run:
@@ -197,7 +208,7 @@ def _fit(cfg: TrainConfig, scan: DataScan | None, report: ProgressReporter, star
                                weights=cfg.weights)
     model = Classifier(backbone, len(scan.classes), cfg.dropout)
     model.to(device, memory_format=torch.channels_last if cfg.channels_last else torch.preserve_format)
-    data = _Data(cfg, scan, decoded, image_size)
+    data = _Data(cfg, scan, decoded, image_size, device)
     phases = build_phases(cfg, backbone.num_stages)
     optimizer = build_optimizer(model, cfg.weight_decay)
     loss_fn = nn.CrossEntropyLoss(label_smoothing=cfg.label_smoothing)
@@ -235,9 +246,12 @@ def _fit(cfg: TrainConfig, scan: DataScan | None, report: ProgressReporter, star
 
             train_batches.set_epoch(epoch)
             report.start_epoch(f"{phase.name} {phase_epoch + 1}/{phase.epochs}", steps)
-            train_stats = train_one_epoch(net, train_batches, optimizer, set_lr, loss_fn, device,
-                                          cfg.channels_last, on_step=report.step, autocast=autocast)
-            val_stats = evaluate(net, val_batches, device, cfg.channels_last, autocast=autocast)
+            net.train()  # frozen BatchNorm stays in eval mode, and is folded into its conv
+            # Folding and torch.compile together measured 2x slower than either: compile wins.
+            with fold_frozen_batchnorm(model, enabled=cfg.fold_bn and not cfg.compile):
+                train_stats = train_one_epoch(net, train_batches, optimizer, set_lr, loss_fn, device,
+                                              cfg.channels_last, on_step=report.step, autocast=autocast)
+                val_stats = evaluate(net, val_batches, device, cfg.channels_last, autocast=autocast)
             seconds = time.perf_counter() - epoch_start
             phase_seconds[phase.name] = phase_seconds.get(phase.name, 0.0) + seconds
             row = {"phase": phase.name, "epoch": epoch + 1, "phase_epoch": phase_epoch + 1,
@@ -262,8 +276,9 @@ def _fit(cfg: TrainConfig, scan: DataScan | None, report: ProgressReporter, star
     # The reported figures are those of the saved model, evaluated as `graft evaluate` does.
     model.load_state_dict(best_state)
     model.eval()
-    final = evaluate(model, data.val_batches(build_eval_transform(image_size, backbone.mean, backbone.std)),
-                     device, cfg.channels_last, autocast=autocast_for(device, precision))
+    with fold_frozen_batchnorm(model, enabled=cfg.fold_bn):
+        final = evaluate(model, data.val_batches(build_eval_transform(image_size, backbone.mean, backbone.std)),
+                         device, cfg.channels_last, autocast=autocast_for(device, precision))
     _write_predictions(out_dir / "predictions.csv", scan, final["probs"], final["labels"])
     metrics = {
         "val_accuracy": final["val_accuracy"], "val_loss": final["val_loss"], "best_epoch": best["epoch"],
@@ -272,7 +287,7 @@ def _fit(cfg: TrainConfig, scan: DataScan | None, report: ProgressReporter, star
         "classes": scan.classes, "num_train": len(scan.train), "num_val": len(scan.val),
         "num_skipped": len(scan.bad), "strategy": cfg.strategy, "backbone": backbone.name,
         "pretrained": backbone.pretrained, "image_size": image_size, "device": device.type,
-        "precision": precision, "seconds_total": round(time.perf_counter() - started, 3),
+        "precision": precision, "batch_size": data.batch_size, "seconds_total": round(time.perf_counter() - started, 3),
         "phases": _phase_summaries(phases, history, phase_seconds), "graftkit_version": __version__,
     }
     atomic_write_text(out_dir / "metrics.json", json.dumps(metrics, indent=2))

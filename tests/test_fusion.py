@@ -1,0 +1,48 @@
+from __future__ import annotations
+
+import pytest
+import torch
+
+from graftkit import create_backbone
+from graftkit.engine.fusion import fold_frozen_batchnorm
+from graftkit.heads import Classifier
+
+
+def _randomise_bn(model):
+    for module in model.modules():
+        if isinstance(module, torch.nn.BatchNorm2d):
+            # Mild, so that a deep random net stays numerically tame (ReLU6 masks do not flip).
+            module.running_mean.uniform_(-0.1, 0.1)
+            module.running_var.uniform_(0.8, 1.2)
+            module.weight.data.uniform_(0.8, 1.2)
+            module.bias.data.uniform_(-0.1, 0.1)
+
+
+@pytest.mark.parametrize("name, size", [("tiny_cnn", 32), ("efficientnet_lite0", 64)])
+def test_folding_keeps_outputs_and_gradients(name, size):
+    torch.manual_seed(0)
+    model = Classifier(create_backbone(name, pretrained=False), 3).eval()
+    _randomise_bn(model)
+    x = torch.randn(2, 3, size, size)
+    reference = model(x)
+    reference.sum().backward()
+    grads = {n: p.grad.clone() for n, p in model.named_parameters()}
+    model.zero_grad()
+    with fold_frozen_batchnorm(model) as count:
+        folded = model(x)
+        folded.sum().backward()
+    assert count > 0
+    torch.testing.assert_close(folded, reference, atol=1e-4, rtol=1e-4)
+    for n, p in model.named_parameters():
+        scale = grads[n].abs().max().item() + 1e-12
+        assert (p.grad - grads[n]).abs().max().item() <= 1e-4 * scale, n
+    assert "forward" not in vars(model.backbone.stages[0][0])  # restored on exit
+
+
+def test_batchnorm_in_training_mode_is_not_folded():
+    model = Classifier(create_backbone("tiny_cnn"), 2).train()
+    with fold_frozen_batchnorm(model) as count:
+        assert count == 0
+    model.set_trainable([False, False, True, True], train_bn=True)
+    with fold_frozen_batchnorm(model) as count:
+        assert count == 2  # the two frozen stages
