@@ -73,7 +73,8 @@ def check_data(data_dir: Path,
 
 @app.command()
 def train(
-    data_dir: Annotated[Path, typer.Argument(help="Folder with train/ and val/, or with one folder per class.")],
+    data_dir: Annotated[Optional[Path], typer.Argument(
+        help="Folder with train/ and val/, or with one folder per class.")] = None,
     strategy: str = typer.Option(_D["strategy"], help="scratch | feature-extraction | fine-tune."),
     backbone: str = typer.Option(_D["backbone"], help="See 'graft backbones'; any timm name too."),
     pretrained: bool = typer.Option(True, help="--no-pretrained: random init."),
@@ -108,12 +109,25 @@ def train(
     out: Optional[Path] = typer.Option(None, "--out", help="Run folder (default runs/<time>-<strategy>)."),
     quiet: bool = typer.Option(False, "--quiet", "-q", help="Print only the final line."),
     plain: bool = typer.Option(False, help="One line per epoch, no progress bar."),
+    checkpoint_every: float = typer.Option(_D["checkpoint_every"], help="Seconds between checkpoints (0: every epoch)."),
+    resume: Optional[Path] = typer.Option(None, help="Continue the interrupted run in this folder."),
     print_config: bool = typer.Option(False, help="Print the resolved config and exit."),
 ) -> None:
     """Train a classifier on DATA_DIR and write a run folder."""
     from .engine import fit
 
     progress = "none" if quiet else ("plain" if plain else "auto")
+    if resume is not None:
+        cfg = TrainConfig.from_run(resume, resume=True, progress=progress)
+        if data_dir is not None and Path(data_dir).resolve() != Path(cfg.data_dir).resolve():
+            raise GraftError(f"--resume {resume} trains on '{cfg.data_dir}', not '{data_dir}'. "
+                             f"Drop DATA_DIR or pass the same folder.")
+        run = fit(cfg)
+        if quiet:
+            typer.echo(f"val_accuracy {run.metrics['val_accuracy']:.4f} → {run.out_dir}")
+        return
+    if data_dir is None:
+        raise GraftError("train needs DATA_DIR (or --resume RUN_DIR). See 'graft train --help'.")
     cfg = TrainConfig(data_dir=data_dir, strategy=strategy, backbone=backbone, pretrained=pretrained,
                       weights=weights, image_size=image_size, epochs=epochs, head_epochs=head_epochs,
                       finetune_epochs=finetune_epochs, freeze=freeze, lr=lr, finetune_lr=finetune_lr,
@@ -122,7 +136,8 @@ def train(
                       batch_size=batch_size, augment=augment, val_fraction=val_fraction, seed=seed,
                       skip_bad_images=skip_bad_images, device=device, num_workers=num_workers,
                       precision=precision, compile=compile, cache=cache, cache_dir=cache_dir,
-                      cache_views=cache_views, out_dir=out, progress=progress)
+                      cache_views=cache_views, checkpoint_every=checkpoint_every, out_dir=out,
+                      progress=progress)
     if print_config:
         typer.echo(cfg.to_json())
         return
@@ -250,6 +265,12 @@ def main() -> None:
     except KeyboardInterrupt:
         typer.echo("interrupted", err=True)
         sys.exit(130)
+    except Exception as exc:  # a bug, not bad input: still one line unless --debug
+        if _state["debug"]:
+            raise
+        typer.echo(f"internal error: {type(exc).__name__}: {exc}. Rerun with 'graft --debug ...' for the "
+                   f"traceback and report it.", err=True)
+        sys.exit(1)
 
 
 if __name__ == "__main__":

@@ -68,6 +68,8 @@ class TrainConfig:
     cache_dir: Path | None = None  # None: default_cache_dir()
     cache_views: int = 1           # cached views per training image for frozen phases (1 = clean crop)
     out_dir: Path | None = None    # None: runs/<time>-<strategy>
+    resume: bool = False           # continue the interrupted run in out_dir from its checkpoint
+    checkpoint_every: float = 10.0  # seconds of training between checkpoints (0: every epoch)
     progress: str = "auto"
 
     def __post_init__(self) -> None:
@@ -105,6 +107,8 @@ class TrainConfig:
             raise ConfigError(f"stage_lr_decay must be in (0, 1], got {self.stage_lr_decay}")
         if self.strategy == "scratch" and self.weights is not None:
             raise ConfigError("--weights has no meaning with --strategy scratch (random init); drop one")
+        if self.resume and self.out_dir is None:
+            raise ConfigError("resume needs the run folder: pass --resume RUN_DIR")
         if self.total_epochs == 0:
             raise ConfigError(f"strategy {self.strategy!r} would train for 0 epochs; raise the epochs")
 
@@ -113,6 +117,20 @@ class TrainConfig:
         if self.strategy == "fine-tune":
             return self.head_epochs + self.finetune_epochs
         return self.epochs
+
+    @classmethod
+    def from_run(cls, run_dir: str | Path, **changes: Any) -> "TrainConfig":
+        """The resolved config saved in ``run_dir/config.json`` (for ``--resume``)."""
+        path = Path(run_dir) / "config.json"
+        try:
+            saved = json.loads(path.read_text())
+        except (OSError, json.JSONDecodeError) as exc:
+            raise ConfigError(f"cannot read '{path}' ({exc}); --resume needs a run folder written by "
+                              f"'graft train'.") from None
+        known = {f.name for f in dataclasses.fields(cls)}
+        values = {k: v for k, v in saved.items() if k in known}
+        values["image_size"] = saved.get("image_size", values.get("image_size"))
+        return cls(**{**values, "out_dir": Path(run_dir), **changes})
 
     def replace(self, **changes: Any) -> "TrainConfig":
         return dataclasses.replace(self, **changes)

@@ -71,15 +71,18 @@ def _subdirs(path: Path) -> list[Path]:
         raise DataError(f"cannot read folder '{path}': permission denied. Fix its permissions.") from None
 
 
-def _walk_files(folder: Path) -> list[Path]:
-    """Files below ``folder`` (recursive, hidden skipped, symlink loops not followed twice)."""
+def _walk_files(folder: Path, problems: list[BadFile] | None = None) -> list[Path]:
+    """Files below ``folder`` (recursive, hidden skipped, each real folder visited once so symlink
+    loops end). Entries that cannot be read are added to ``problems``."""
     out, seen = [], set()
     stack = [folder]
     while stack:
         current = stack.pop()
         try:
-            key = current.resolve()
-        except (OSError, RuntimeError):  # a symlink loop
+            key = current.resolve(strict=True)
+        except (OSError, RuntimeError):  # a dangling link or a symlink loop
+            if problems is not None:
+                problems.append(BadFile(current, "unreadable link (broken or a symlink loop)"))
             continue
         if key in seen:
             continue
@@ -87,7 +90,9 @@ def _walk_files(folder: Path) -> list[Path]:
         try:
             with os.scandir(current) as it:
                 entries = sorted(it, key=lambda e: e.name)
-        except OSError:
+        except OSError as exc:
+            if problems is not None:
+                problems.append(BadFile(current, f"cannot list folder ({exc.strerror or exc})"))
             continue
         for entry in entries:
             if not _visible(entry):
@@ -97,8 +102,11 @@ def _walk_files(folder: Path) -> list[Path]:
                     stack.append(Path(entry.path))
                 elif entry.is_file():
                     out.append(Path(entry.path))
+                elif entry.is_symlink() and problems is not None:
+                    problems.append(BadFile(Path(entry.path), "unreadable link (broken or a symlink loop)"))
             except OSError:
-                continue
+                if problems is not None:
+                    problems.append(BadFile(Path(entry.path), "unreadable link (broken or a symlink loop)"))
     return sorted(out)
 
 
@@ -114,7 +122,8 @@ def describe_image_error(exc: BaseException) -> str:
     return "truncated" if "truncated" in message.lower() else f"cannot decode ({message[:80]})"
 
 
-DECODE_ERRORS = (OSError, ValueError, SyntaxError, EOFError, Image.DecompressionBombWarning)
+DECODE_ERRORS = (OSError, ValueError, SyntaxError, EOFError, Image.DecompressionBombWarning,
+                 Image.DecompressionBombError)
 
 
 def check_image(path: Path, min_size: int | None = 64) -> str | None:
@@ -134,10 +143,10 @@ def _read_class_folders(split_dir: Path) -> dict[str, tuple[list[Path], list[Bad
     """``{class: (image paths, non-image files)}`` for each class folder of one split."""
     result = {}
     for class_dir in _subdirs(split_dir):
-        images, others = [], []
-        for f in _walk_files(class_dir):
+        images, others, problems = [], [], []
+        for f in _walk_files(class_dir, problems):
             (images if is_image_name(f) else others).append(f)
-        result[class_dir.name] = (images, [BadFile(f, "not an image file name") for f in others])
+        result[class_dir.name] = (images, [BadFile(f, "not an image file name") for f in others] + problems)
     return result
 
 
@@ -281,7 +290,7 @@ def scan_data(data_dir: str | Path, val_fraction: float = 0.2, seed: int = 0,
     if bad:
         scan_warnings.append(f"skipping {len(bad)} unreadable image(s), listed in skipped.txt")
     if ignored:
-        scan_warnings.append(f"ignoring {len(ignored)} file(s) that are not images by name "
+        scan_warnings.append(f"ignoring {len(ignored)} file(s) that are not images by name or cannot be read "
                              f"(e.g. {ignored[0].path})")
     return DataScan(root, layout, classes, train, val, bad, ignored, scan_warnings)
 

@@ -1,6 +1,7 @@
 """Saving and loading a trained model: ``model.safetensors`` + ``model.json``, nothing pickled."""
 from __future__ import annotations
 
+import io
 import json
 from pathlib import Path
 from typing import Any
@@ -21,6 +22,60 @@ def save_model(out_dir: Path, model: Classifier, meta: dict[str, Any]) -> None:
     state = {k: v.detach().cpu().contiguous() for k, v in model.state_dict().items()}
     atomic_write_bytes(out_dir / "model.safetensors", save(state))
     atomic_write_text(out_dir / "model.json", json.dumps({"format_version": FORMAT_VERSION, **meta}, indent=2))
+
+
+CHECKPOINT_NAME = "checkpoint.pt"
+
+
+def capture_rng() -> dict[str, Any]:
+    """Every random state training consumes, as types ``torch.load(weights_only=True)`` accepts."""
+    import random
+
+    import numpy as np
+
+    name, keys, pos, has_gauss, cached = np.random.get_state()
+    return {"torch": torch.get_rng_state(), "python": random.getstate(),
+            "numpy": [name, torch.from_numpy(keys.astype("int64")), pos, has_gauss, cached]}
+
+
+def restore_rng(state: dict[str, Any]) -> None:
+    import random
+
+    import numpy as np
+
+    torch.set_rng_state(state["torch"])
+    random.setstate(state["python"])
+    name, keys, pos, has_gauss, cached = state["numpy"]
+    np.random.set_state((name, keys.numpy().astype("uint32"), pos, has_gauss, cached))
+
+
+def save_checkpoint(out_dir: Path, state: dict[str, Any]) -> None:
+    """Write ``checkpoint.pt`` atomically: a kill at any moment leaves the previous one whole."""
+    buffer = io.BytesIO()
+    torch.save({"format_version": FORMAT_VERSION, **state}, buffer)
+    atomic_write_bytes(out_dir / CHECKPOINT_NAME, buffer.getvalue())
+
+
+def load_checkpoint(out_dir: Path, classes: list[str]) -> dict[str, Any]:
+    """Read ``checkpoint.pt`` (never unpickling code) and check it fits ``classes``."""
+    path = Path(out_dir) / CHECKPOINT_NAME
+    if not path.is_file():
+        raise CheckpointError(f"no checkpoint in '{out_dir}' to resume from (expected {CHECKPOINT_NAME}); "
+                              f"the run stopped before its first checkpoint: start it again without --resume.")
+    try:
+        state = torch.load(path, map_location="cpu", weights_only=True)
+    except Exception as exc:  # damaged or foreign file
+        raise CheckpointError(f"'{path}' cannot be read as a graftkit checkpoint ({type(exc).__name__}). "
+                              f"Start the run again without --resume.") from None
+    saved = list(state.get("classes", []))
+    if saved != list(classes):
+        only_data = sorted(set(classes) - set(saved))
+        only_ckpt = sorted(set(saved) - set(classes))
+        raise CheckpointError(f"'{path}' has {len(saved)} classes, the data has {len(classes)} "
+                              f"(only in data: {', '.join(only_data) or '-'}; only in checkpoint: "
+                              f"{', '.join(only_ckpt) or '-'}). Resume with the data it was trained on, "
+                              f"or start a new run.")
+    return state
 
 
 def resolve_model_path(path: str | Path) -> Path:

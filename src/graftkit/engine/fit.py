@@ -5,6 +5,7 @@ import copy
 import csv
 import io
 import json
+import math
 import random
 import shutil
 import tempfile
@@ -24,14 +25,15 @@ from ..backbones.registry import native_image_size
 from ..config import TrainConfig
 from ..data import (DataScan, DecodedDataset, DecodedImages, ImageBatches, build_eval_transform,
                     build_train_transform, decode_size_for, scan_data)
-from ..errors import ConfigError
+from ..errors import ConfigError, GraftError
 from ..heads import Classifier
 from ..strategies import Phase, build_optimizer, build_phases, phase_at, set_learning_rates, warmup_cosine
-from .checkpoint import atomic_write_text, save_model
+from .checkpoint import (atomic_write_text, capture_rng, load_checkpoint, load_model, restore_rng,
+                         save_checkpoint, save_model)
 from .features import (FeatureBatches, TailModel, autocast_for, fill_features, open_feature_store,
                        resolve_precision)
 from .fusion import fold_frozen_batchnorm
-from .loop import evaluate, train_one_epoch
+from .loop import TrainingDiverged, evaluate, train_one_epoch
 from .progress import ProgressReporter
 
 def train_batch_size(cfg: TrainConfig, device: torch.device) -> int:
@@ -43,6 +45,12 @@ def train_batch_size(cfg: TrainConfig, device: torch.device) -> int:
 def eval_batch_size(device: torch.device) -> int:
     """Fixed per device type, so `graft evaluate` batches exactly as training's final evaluation."""
     return 128 if device.type == "cuda" else 16
+
+
+class Interrupted(GraftError):
+    """Ctrl-C: the run stopped cleanly and can be resumed."""
+
+    exit_code = 130
 
 
 @dataclass
@@ -78,7 +86,11 @@ def seed_everything(seed: int) -> None:
 
 def prepare_out_dir(cfg: TrainConfig) -> Path:
     out = cfg.out_dir or Path("runs") / f"{datetime.now():%Y%m%d-%H%M%S}-{cfg.strategy}"
-    if (out / "model.safetensors").exists() or (out / "metrics.json").exists():
+    if cfg.resume:
+        if (out / "metrics.json").exists():
+            raise ConfigError(f"'{out}' holds a finished run; nothing to resume.")
+        return out
+    if (out / "model.safetensors").exists() or (out / "metrics.json").exists() or (out / "checkpoint.pt").exists():
         raise ConfigError(f"'{out}' already holds a run; pass another --out (nothing was overwritten).")
     try:
         out.mkdir(parents=True, exist_ok=True)
@@ -115,6 +127,8 @@ class _Data:
         self.train_keys = decoded.keys([s.path for s in scan.train])
         self.val_keys = decoded.keys([s.path for s in scan.val])
         self.train_labels = [s.label for s in scan.train]
+        in_train = set(self.train_keys)
+        self.duplicates = [s.path for s, k in zip(scan.val, self.val_keys) if k in in_train]
         self.val_labels = [s.label for s in scan.val]
 
     def batches_for(self, phase: Phase, model: Classifier, device: torch.device, precision: str,
@@ -200,15 +214,21 @@ def _fit(cfg: TrainConfig, scan: DataScan | None, report: ProgressReporter, star
         report.message(f"warning: {warning}")
     if scan.bad or scan.ignored:
         atomic_write_text(out_dir / "skipped.txt", "\n".join(scan.skipped_lines()) + "\n")
-    atomic_write_text(out_dir / "config.json", json.dumps(
-        {**cfg.to_dict(), "image_size": image_size, "resolved_precision": precision,
-         "graftkit_version": __version__}, indent=2))
+    if not cfg.resume:
+        atomic_write_text(out_dir / "config.json", json.dumps(
+            {**cfg.to_dict(), "image_size": image_size, "resolved_precision": precision,
+             "graftkit_version": __version__}, indent=2))
 
+    data = _Data(cfg, scan, decoded, image_size, device)
     backbone = create_backbone(cfg.backbone, pretrained=cfg.pretrained and cfg.strategy != "scratch",
                                weights=cfg.weights)
+    if data.duplicates:
+        atomic_write_text(out_dir / "duplicates.txt", "".join(f"{p}\n" for p in data.duplicates))
+        report.message(f"warning: {len(data.duplicates)} validation image(s) also appear in train "
+                       f"(same bytes), e.g. {data.duplicates[0]}: validation accuracy is optimistic. "
+                       f"Listed in duplicates.txt; remove them from one split.")
     model = Classifier(backbone, len(scan.classes), cfg.dropout)
     model.to(device, memory_format=torch.channels_last if cfg.channels_last else torch.preserve_format)
-    data = _Data(cfg, scan, decoded, image_size, device)
     phases = build_phases(cfg, backbone.num_stages)
     optimizer = build_optimizer(model, cfg.weight_decay)
     loss_fn = nn.CrossEntropyLoss(label_smoothing=cfg.label_smoothing)
@@ -217,61 +237,81 @@ def _fit(cfg: TrainConfig, scan: DataScan | None, report: ProgressReporter, star
                    f"· {image_size}px · {device.type} {precision} · decoded {decoded.decoded_now} new "
                    f"image(s) → {out_dir}")
 
-    history: list[dict[str, Any]] = []
-    best: dict[str, Any] = {"val_accuracy": -1.0, "val_loss": float("inf")}
-    best_state: dict[str, torch.Tensor] | None = None
-    phase_seconds: dict[str, float] = {}
     meta = model_meta(cfg, model, scan.classes, image_size, precision)
-    history_file = (out_dir / "history.jsonl").open("w")
+    start_epoch, history, best, diverged = 0, [], {"val_accuracy": -1.0, "val_loss": float("inf")}, []
+    best_state: dict[str, torch.Tensor] | None = None
+    resumed: dict[str, Any] | None = None
+    if cfg.resume:
+        resumed = load_checkpoint(out_dir, scan.classes)
+        model.load_state_dict(resumed["model"])
+        optimizer.load_state_dict(resumed["optimizer"])
+        start_epoch, history, best = resumed["epoch"], list(resumed["history"]), dict(resumed["best"])
+        best_state = load_model(out_dir)[0].state_dict() if best["val_accuracy"] >= 0 else None
+        report.message(f"resuming after epoch {start_epoch} of {cfg.total_epochs}")
+    atomic_write_text(out_dir / "history.jsonl", "".join(json.dumps(r) + "\n" for r in history))
+    last_checkpoint = time.perf_counter()
+    epoch, setup_seconds = start_epoch, 0.0
     try:
-        for epoch in range(cfg.total_epochs):
+        while epoch < cfg.total_epochs:
             phase_index, phase, phase_epoch = phase_at(phases, epoch)
             epoch_start = time.perf_counter()
-            if phase_epoch == 0:  # the one place freezing changes
+            if phase_epoch == 0 or epoch == start_epoch:  # the one place freezing changes
                 model.set_trainable(phase.trainable_stages(backbone.num_stages), phase.train_bn)
                 report.message(f"phase {phase_index + 1}/{len(phases)} · {phase.describe(backbone.num_stages)}")
                 net, train_batches, val_batches = data.batches_for(phase, model, device, precision, report)
+                setup_seconds = time.perf_counter() - epoch_start  # feature caching counts to the phase
                 head_only = isinstance(net, TailModel) and net.cut == backbone.num_stages
                 autocast = autocast_for(device, "fp32" if head_only else precision)
                 if cfg.compile and not head_only:
                     net = torch.compile(net)
-            multipliers = phase.lr_multipliers(backbone.num_stages)
-            steps = len(train_batches)
-            total_steps = steps * phase.epochs
-
-            def set_lr(step: int) -> float:
-                lr = phase.lr * warmup_cosine(phase_epoch * steps + step, total_steps, cfg.warmup_fraction)
-                set_learning_rates(optimizer, lr, multipliers)
-                return lr
-
-            train_batches.set_epoch(epoch)
-            report.start_epoch(f"{phase.name} {phase_epoch + 1}/{phase.epochs}", steps)
-            net.train()  # frozen BatchNorm stays in eval mode, and is folded into its conv
-            # Folding and torch.compile together measured 2x slower than either: compile wins.
-            with fold_frozen_batchnorm(model, enabled=cfg.fold_bn and not cfg.compile):
-                train_stats = train_one_epoch(net, train_batches, optimizer, set_lr, loss_fn, device,
-                                              cfg.channels_last, on_step=report.step, autocast=autocast)
-                val_stats = evaluate(net, val_batches, device, cfg.channels_last, autocast=autocast)
-            seconds = time.perf_counter() - epoch_start
-            phase_seconds[phase.name] = phase_seconds.get(phase.name, 0.0) + seconds
-            row = {"phase": phase.name, "epoch": epoch + 1, "phase_epoch": phase_epoch + 1,
-                   "train_loss": train_stats["train_loss"], "train_accuracy": train_stats["train_accuracy"],
-                   "val_loss": val_stats["val_loss"], "val_accuracy": val_stats["val_accuracy"],
-                   "lr": phase.lr, "seconds": seconds, "elapsed": time.perf_counter() - started,
-                   "train_images_per_second": train_stats["images_per_second"]}
+            if resumed is not None:  # continue every random stream exactly where it stopped
+                restore_rng(resumed["rng"])
+                if phase_epoch != 0:
+                    train_batches.generator.set_state(resumed["batch_generator"])
+                resumed = None
+            try:
+                row = _train_epoch(cfg, model, net, phase, phase_epoch, epoch, train_batches, val_batches,
+                                   optimizer, loss_fn, device, autocast, report)
+                check_divergence(row, len(scan.classes))
+            except TrainingDiverged as exc:
+                if best_state is None:
+                    raise
+                model.load_state_dict(best_state)  # back to the last good weights
+                optimizer.state.clear()
+                diverged.append({"phase": phase.name, "epoch": epoch + 1})
+                report.message(f"warning: {exc} Phase '{phase.name}' stopped; continuing from the best "
+                               f"epoch so far ({best['epoch']}).")
+                epoch = sum(p.epochs for p in phases[:phase_index + 1])
+                continue
+            row["seconds"] += setup_seconds
+            setup_seconds = 0.0
+            row["elapsed"] = time.perf_counter() - started
             history.append(row)
-            history_file.write(json.dumps(row) + "\n")
-            history_file.flush()
+            with (out_dir / "history.jsonl").open("a") as f:
+                f.write(json.dumps(row) + "\n")
             improved = (row["val_accuracy"], -row["val_loss"]) > (best["val_accuracy"], -best["val_loss"])
             if improved:
                 best = {**row}
                 best_state = copy.deepcopy(model.state_dict())
                 save_model(out_dir, model, {**meta, "epoch": epoch + 1})
-            report.end_epoch(f"epoch {epoch + 1:>2}/{cfg.total_epochs} {phase.name:<8} "
+            epoch += 1
+            phase_done = phase_at(phases, epoch)[0] != phase_index if epoch < cfg.total_epochs else True
+            if phase_done or time.perf_counter() - last_checkpoint >= cfg.checkpoint_every:
+                save_checkpoint(out_dir, {"epoch": epoch, "model": model.state_dict(),
+                                          "optimizer": optimizer.state_dict(), "history": history, "best": best,
+                                          "rng": capture_rng(), "batch_generator": train_batches.generator.get_state(),
+                                          "classes": scan.classes})
+                last_checkpoint = time.perf_counter()
+            report.end_epoch(f"epoch {epoch:>2}/{cfg.total_epochs} {phase.name:<8} "
                              f"train_loss {row['train_loss']:.4f} val_loss {row['val_loss']:.4f} "
-                             f"val_acc {row['val_accuracy']:.4f} {seconds:6.1f}s{'  *best' if improved else ''}")
-    finally:
-        history_file.close()
+                             f"val_acc {row['val_accuracy']:.4f} {time.perf_counter() - epoch_start:6.1f}s"
+                             f"{'  *best' if improved else ''}")
+    except KeyboardInterrupt:
+        raise Interrupted(f"interrupted during epoch {epoch + 1}; the last checkpoint and the best model are "
+                          f"in '{out_dir}'. Continue with: graft train --resume {out_dir}") from None
+    phase_seconds: dict[str, float] = {}
+    for r in history:
+        phase_seconds[r["phase"]] = phase_seconds.get(r["phase"], 0.0) + r["seconds"]
 
     # The reported figures are those of the saved model, evaluated as `graft evaluate` does.
     model.load_state_dict(best_state)
@@ -285,15 +325,52 @@ def _fit(cfg: TrainConfig, scan: DataScan | None, report: ProgressReporter, star
         "best_phase": best["phase"], "best_epoch_val_accuracy": best["val_accuracy"],
         "final_epoch_val_accuracy": history[-1]["val_accuracy"],
         "classes": scan.classes, "num_train": len(scan.train), "num_val": len(scan.val),
-        "num_skipped": len(scan.bad), "strategy": cfg.strategy, "backbone": backbone.name,
+        "num_skipped": len(scan.bad), "num_duplicates": len(data.duplicates), "strategy": cfg.strategy, "backbone": backbone.name,
         "pretrained": backbone.pretrained, "image_size": image_size, "device": device.type,
-        "precision": precision, "batch_size": data.batch_size, "seconds_total": round(time.perf_counter() - started, 3),
+        "precision": precision, "batch_size": data.batch_size, "diverged": diverged, "seconds_total": round(time.perf_counter() - started, 3),
         "phases": _phase_summaries(phases, history, phase_seconds), "graftkit_version": __version__,
     }
     atomic_write_text(out_dir / "metrics.json", json.dumps(metrics, indent=2))
     report.message(f"val_accuracy {metrics['val_accuracy']:.4f} (best epoch {metrics['best_epoch']}, "
                    f"{metrics['best_phase']}) in {metrics['seconds_total']:.0f}s → {out_dir}")
     return Run(out_dir, cfg, scan.classes, metrics, history, model)
+
+
+def check_divergence(row: dict[str, Any], num_classes: int) -> None:
+    """NaN/inf losses, or a loss 100x that of guessing (ln C), mean training has blown up."""
+    limit = 100 * math.log(max(num_classes, 2))
+    for name in ("train_loss", "val_loss"):
+        value = row[name]
+        if not math.isfinite(value) or value > limit:
+            raise TrainingDiverged(f"the {name.replace('_', ' ')} reached {value:.3g} in epoch {row['epoch']}; "
+                                   f"lower the learning rate (--lr / --finetune-lr).")
+
+
+def _train_epoch(cfg: TrainConfig, model: Classifier, net: nn.Module, phase: Phase, phase_epoch: int,
+                 epoch: int, train_batches, val_batches, optimizer: torch.optim.Optimizer, loss_fn: nn.Module,
+                 device: torch.device, autocast, report: ProgressReporter) -> dict[str, Any]:
+    """One epoch: learning rates from the phase's schedule, training, then validation."""
+    multipliers = phase.lr_multipliers(model.backbone.num_stages)
+    steps = len(train_batches)
+
+    def set_lr(step: int) -> float:
+        lr = phase.lr * warmup_cosine(phase_epoch * steps + step, steps * phase.epochs, cfg.warmup_fraction)
+        set_learning_rates(optimizer, lr, multipliers)
+        return lr
+
+    started = time.perf_counter()
+    train_batches.set_epoch(epoch)
+    report.start_epoch(f"{phase.name} {phase_epoch + 1}/{phase.epochs}", steps)
+    net.train()  # frozen BatchNorm stays in eval mode, and is folded into its conv
+    # Folding and torch.compile together measured 2x slower than either: compile wins.
+    with fold_frozen_batchnorm(model, enabled=cfg.fold_bn and not cfg.compile):
+        train_stats = train_one_epoch(net, train_batches, optimizer, set_lr, loss_fn, device,
+                                      cfg.channels_last, on_step=report.step, autocast=autocast)
+        val_stats = evaluate(net, val_batches, device, cfg.channels_last, autocast=autocast)
+    return {"phase": phase.name, "epoch": epoch + 1, "phase_epoch": phase_epoch + 1,
+            "train_loss": train_stats["train_loss"], "train_accuracy": train_stats["train_accuracy"],
+            "val_loss": val_stats["val_loss"], "val_accuracy": val_stats["val_accuracy"], "lr": phase.lr,
+            "seconds": time.perf_counter() - started, "train_images_per_second": train_stats["images_per_second"]}
 
 
 def _phase_summaries(phases: list[Phase], history: list[dict], phase_seconds: dict[str, float]) -> list[dict]:
