@@ -199,34 +199,10 @@ def _fit(cfg: TrainConfig, scan: DataScan | None, report: ProgressReporter, star
          cache_dir: Path) -> Run:
     device = resolve_device(cfg.device)
     precision = resolve_precision(cfg.precision, device)
-    image_size = cfg.image_size or native_image_size(cfg.backbone)
-    decoded = DecodedImages(cache_dir, decode_size_for(image_size))
-    # Validating the data decodes every image once, straight into the decoded-image cache.
-    if scan is None:
-        scan = scan_data(cfg.data_dir, cfg.val_fraction, cfg.seed, cfg.skip_bad_images,
-                         checker=decoded.check_and_fill)
-    else:
-        for sample in [*scan.train, *scan.val]:
-            decoded.check_and_fill(sample.path)
-    decoded.flush()
-    out_dir = prepare_out_dir(cfg)
-    for warning in scan.warnings:
-        report.message(f"warning: {warning}")
-    if scan.bad or scan.ignored:
-        atomic_write_text(out_dir / "skipped.txt", "\n".join(scan.skipped_lines()) + "\n")
-    if not cfg.resume:
-        atomic_write_text(out_dir / "config.json", json.dumps(
-            {**cfg.to_dict(), "image_size": image_size, "resolved_precision": precision,
-             "graftkit_version": __version__}, indent=2))
-
-    data = _Data(cfg, scan, decoded, image_size, device)
+    data, out_dir = _prepare_data(cfg, scan, report, cache_dir, device, precision)
+    scan = data.scan
     backbone = create_backbone(cfg.backbone, pretrained=cfg.pretrained and cfg.strategy != "scratch",
                                weights=cfg.weights)
-    if data.duplicates:
-        atomic_write_text(out_dir / "duplicates.txt", "".join(f"{p}\n" for p in data.duplicates))
-        report.message(f"warning: {len(data.duplicates)} validation image(s) also appear in train "
-                       f"(same bytes), e.g. {data.duplicates[0]}: validation accuracy is optimistic. "
-                       f"Listed in duplicates.txt; remove them from one split.")
     model = Classifier(backbone, len(scan.classes), cfg.dropout)
     model.to(device, memory_format=torch.channels_last if cfg.channels_last else torch.preserve_format)
     phases = build_phases(cfg, backbone.num_stages)
@@ -234,23 +210,13 @@ def _fit(cfg: TrainConfig, scan: DataScan | None, report: ProgressReporter, star
     loss_fn = nn.CrossEntropyLoss(label_smoothing=cfg.label_smoothing)
     report.message(f"{cfg.strategy} · {backbone.name} ({'pretrained' if backbone.pretrained else 'random init'}) "
                    f"· {len(scan.classes)} classes · {len(scan.train)} train / {len(scan.val)} val images "
-                   f"· {image_size}px · {device.type} {precision} · decoded {decoded.decoded_now} new "
+                   f"· {data.image_size}px · {device.type} {precision} · decoded {data.decoded.decoded_now} new "
                    f"image(s) → {out_dir}")
-
-    meta = model_meta(cfg, model, scan.classes, image_size, precision)
-    start_epoch, history, best, diverged = 0, [], {"val_accuracy": -1.0, "val_loss": float("inf")}, []
-    best_state: dict[str, torch.Tensor] | None = None
-    resumed: dict[str, Any] | None = None
-    if cfg.resume:
-        resumed = load_checkpoint(out_dir, scan.classes)
-        model.load_state_dict(resumed["model"])
-        optimizer.load_state_dict(resumed["optimizer"])
-        start_epoch, history, best = resumed["epoch"], list(resumed["history"]), dict(resumed["best"])
-        best_state = load_model(out_dir)[0].state_dict() if best["val_accuracy"] >= 0 else None
-        report.message(f"resuming after epoch {start_epoch} of {cfg.total_epochs}")
-    atomic_write_text(out_dir / "history.jsonl", "".join(json.dumps(r) + "\n" for r in history))
-    last_checkpoint = time.perf_counter()
-    epoch, setup_seconds = start_epoch, 0.0
+    meta = model_meta(cfg, model, scan.classes, data.image_size, precision)
+    state = _restore(cfg, out_dir, scan.classes, model, optimizer, report)
+    history, best, best_state, resumed = state["history"], state["best"], state["best_state"], state["resumed"]
+    start_epoch = epoch = state["epoch"]
+    diverged, setup_seconds, last_checkpoint = [], 0.0, time.perf_counter()
     try:
         while epoch < cfg.total_epochs:
             phase_index, phase, phase_epoch = phase_at(phases, epoch)
@@ -284,23 +250,21 @@ def _fit(cfg: TrainConfig, scan: DataScan | None, report: ProgressReporter, star
                 epoch = sum(p.epochs for p in phases[:phase_index + 1])
                 continue
             row["seconds"] += setup_seconds
-            setup_seconds = 0.0
-            row["elapsed"] = time.perf_counter() - started
+            row["elapsed"], setup_seconds = time.perf_counter() - started, 0.0
             history.append(row)
             with (out_dir / "history.jsonl").open("a") as f:
                 f.write(json.dumps(row) + "\n")
             improved = (row["val_accuracy"], -row["val_loss"]) > (best["val_accuracy"], -best["val_loss"])
             if improved:
-                best = {**row}
-                best_state = copy.deepcopy(model.state_dict())
+                best, best_state = {**row}, copy.deepcopy(model.state_dict())
                 save_model(out_dir, model, {**meta, "epoch": epoch + 1})
             epoch += 1
-            phase_done = phase_at(phases, epoch)[0] != phase_index if epoch < cfg.total_epochs else True
+            phase_done = epoch >= cfg.total_epochs or phase_at(phases, epoch)[0] != phase_index
             if phase_done or time.perf_counter() - last_checkpoint >= cfg.checkpoint_every:
                 save_checkpoint(out_dir, {"epoch": epoch, "model": model.state_dict(),
                                           "optimizer": optimizer.state_dict(), "history": history, "best": best,
-                                          "rng": capture_rng(), "batch_generator": train_batches.generator.get_state(),
-                                          "classes": scan.classes})
+                                          "rng": capture_rng(), "classes": scan.classes,
+                                          "batch_generator": train_batches.generator.get_state()})
                 last_checkpoint = time.perf_counter()
             report.end_epoch(f"epoch {epoch:>2}/{cfg.total_epochs} {phase.name:<8} "
                              f"train_loss {row['train_loss']:.4f} val_loss {row['val_loss']:.4f} "
@@ -309,31 +273,86 @@ def _fit(cfg: TrainConfig, scan: DataScan | None, report: ProgressReporter, star
     except KeyboardInterrupt:
         raise Interrupted(f"interrupted during epoch {epoch + 1}; the last checkpoint and the best model are "
                           f"in '{out_dir}'. Continue with: graft train --resume {out_dir}") from None
-    phase_seconds: dict[str, float] = {}
-    for r in history:
-        phase_seconds[r["phase"]] = phase_seconds.get(r["phase"], 0.0) + r["seconds"]
-
-    # The reported figures are those of the saved model, evaluated as `graft evaluate` does.
     model.load_state_dict(best_state)
-    model.eval()
-    with fold_frozen_batchnorm(model, enabled=cfg.fold_bn):
-        final = evaluate(model, data.val_batches(build_eval_transform(image_size, backbone.mean, backbone.std)),
-                         device, cfg.channels_last, autocast=autocast_for(device, precision))
+    metrics, final = _final_metrics(cfg, data, model, device, precision, phases, history, best, diverged, started)
     _write_predictions(out_dir / "predictions.csv", scan, final["probs"], final["labels"])
-    metrics = {
-        "val_accuracy": final["val_accuracy"], "val_loss": final["val_loss"], "best_epoch": best["epoch"],
-        "best_phase": best["phase"], "best_epoch_val_accuracy": best["val_accuracy"],
-        "final_epoch_val_accuracy": history[-1]["val_accuracy"],
-        "classes": scan.classes, "num_train": len(scan.train), "num_val": len(scan.val),
-        "num_skipped": len(scan.bad), "num_duplicates": len(data.duplicates), "strategy": cfg.strategy, "backbone": backbone.name,
-        "pretrained": backbone.pretrained, "image_size": image_size, "device": device.type,
-        "precision": precision, "batch_size": data.batch_size, "diverged": diverged, "seconds_total": round(time.perf_counter() - started, 3),
-        "phases": _phase_summaries(phases, history, phase_seconds), "graftkit_version": __version__,
-    }
     atomic_write_text(out_dir / "metrics.json", json.dumps(metrics, indent=2))
     report.message(f"val_accuracy {metrics['val_accuracy']:.4f} (best epoch {metrics['best_epoch']}, "
                    f"{metrics['best_phase']}) in {metrics['seconds_total']:.0f}s → {out_dir}")
     return Run(out_dir, cfg, scan.classes, metrics, history, model)
+
+
+def _prepare_data(cfg: TrainConfig, scan: DataScan | None, report: ProgressReporter, cache_dir: Path,
+                  device: torch.device, precision: str) -> tuple[_Data, Path]:
+    """Scan (decoding every image once, into the cache), then create the run folder and its first files."""
+    image_size = cfg.image_size or native_image_size(cfg.backbone)
+    decoded = DecodedImages(cache_dir, decode_size_for(image_size))
+    if scan is None:
+        scan = scan_data(cfg.data_dir, cfg.val_fraction, cfg.seed, cfg.skip_bad_images,
+                         checker=decoded.check_and_fill)
+    else:
+        for sample in [*scan.train, *scan.val]:
+            decoded.check_and_fill(sample.path)
+    decoded.flush()
+    out_dir = prepare_out_dir(cfg)
+    for warning in scan.warnings:
+        report.message(f"warning: {warning}")
+    if scan.bad or scan.ignored:
+        atomic_write_text(out_dir / "skipped.txt", "\n".join(scan.skipped_lines()) + "\n")
+    if not cfg.resume:
+        atomic_write_text(out_dir / "config.json", json.dumps(
+            {**cfg.to_dict(), "image_size": image_size, "resolved_precision": precision,
+             "graftkit_version": __version__}, indent=2))
+    data = _Data(cfg, scan, decoded, image_size, device)
+    if data.duplicates:
+        atomic_write_text(out_dir / "duplicates.txt", "".join(f"{p}\n" for p in data.duplicates))
+        report.message(f"warning: {len(data.duplicates)} validation image(s) also appear in train "
+                       f"(same bytes), e.g. {data.duplicates[0]}: validation accuracy is optimistic. "
+                       f"Listed in duplicates.txt; remove them from one split.")
+    return data, out_dir
+
+
+def _restore(cfg: TrainConfig, out_dir: Path, classes: list[str], model: Classifier,
+             optimizer: torch.optim.Optimizer, report: ProgressReporter) -> dict[str, Any]:
+    """A fresh start, or the state of an interrupted run's last checkpoint (``--resume``)."""
+    state: dict[str, Any] = {"epoch": 0, "history": [], "best": {"val_accuracy": -1.0, "val_loss": float("inf")},
+                             "best_state": None, "resumed": None}
+    if cfg.resume:
+        resumed = load_checkpoint(out_dir, classes)
+        model.load_state_dict(resumed["model"])
+        optimizer.load_state_dict(resumed["optimizer"])
+        best = dict(resumed["best"])
+        state = {"epoch": resumed["epoch"], "history": list(resumed["history"]), "best": best,
+                 "best_state": load_model(out_dir)[0].state_dict() if best["val_accuracy"] >= 0 else None,
+                 "resumed": resumed}
+        report.message(f"resuming after epoch {state['epoch']} of {cfg.total_epochs}")
+    atomic_write_text(out_dir / "history.jsonl", "".join(json.dumps(r) + "\n" for r in state["history"]))
+    return state
+
+
+def _final_metrics(cfg: TrainConfig, data: _Data, model: Classifier, device: torch.device, precision: str,
+                   phases: list[Phase], history: list[dict], best: dict, diverged: list,
+                   started: float) -> tuple[dict, dict]:
+    """Evaluate the best model exactly as `graft evaluate` does; these are the reported figures."""
+    backbone, scan = model.backbone, data.scan
+    model.eval()
+    with fold_frozen_batchnorm(model, enabled=cfg.fold_bn):
+        final = evaluate(model, data.val_batches(build_eval_transform(data.image_size, backbone.mean, backbone.std)),
+                         device, cfg.channels_last, autocast=autocast_for(device, precision))
+    phase_seconds: dict[str, float] = {}
+    for row in history:
+        phase_seconds[row["phase"]] = phase_seconds.get(row["phase"], 0.0) + row["seconds"]
+    return {
+        "val_accuracy": final["val_accuracy"], "val_loss": final["val_loss"], "best_epoch": best["epoch"],
+        "best_phase": best["phase"], "best_epoch_val_accuracy": best["val_accuracy"],
+        "final_epoch_val_accuracy": history[-1]["val_accuracy"],
+        "classes": scan.classes, "num_train": len(scan.train), "num_val": len(scan.val),
+        "num_skipped": len(scan.bad), "num_duplicates": len(data.duplicates), "strategy": cfg.strategy,
+        "backbone": backbone.name, "pretrained": backbone.pretrained, "image_size": data.image_size,
+        "device": device.type, "precision": precision, "batch_size": data.batch_size, "diverged": diverged,
+        "seconds_total": round(time.perf_counter() - started, 3),
+        "phases": _phase_summaries(phases, history, phase_seconds), "graftkit_version": __version__,
+    }, final
 
 
 def check_divergence(row: dict[str, Any], num_classes: int) -> None:
