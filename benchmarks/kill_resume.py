@@ -70,11 +70,20 @@ def main() -> None:
     kill_when(again, mid_epoch, "mid-epoch")
     run_timed(again)
     whole, killed = read_metrics(work / "whole"), read_metrics(run)
-    same_weights = (work / "whole" / "model.safetensors").read_bytes() == (run / "model.safetensors").read_bytes()
+    same_best = (work / "whole" / "model.safetensors").read_bytes() == (run / "model.safetensors").read_bytes()
+    # The last epoch's weights and every epoch's losses, not only the best model.
+    import torch
+
+    last_whole = torch.load(work / "whole" / "checkpoint.pt", weights_only=True)
+    last_killed = torch.load(run / "checkpoint.pt", weights_only=True)
+    same_last = all(torch.equal(v, last_killed["model"][k]) for k, v in last_whole["model"].items())
+    same_history = [h["val_loss"] for h in last_whole["history"]] == [h["val_loss"] for h in last_killed["history"]]
+    same_weights = same_best and same_last and same_history
     print(table([["uninterrupted", f"{whole['val_accuracy']:.4f}", whole["best_epoch"], f"{whole_s:.0f}"],
                  ["killed 3x + resumed", f"{killed['val_accuracy']:.4f}", killed["best_epoch"], ""]],
                 ["run", "val accuracy", "best epoch", "seconds"]))
-    print(f"identical weights: {same_weights}")
+    print(f"identical best model: {same_best}; identical last-epoch weights: {same_last}; "
+          f"identical per-epoch losses: {same_history}")
     sys.exit(0 if same_weights and whole["val_accuracy"] == killed["val_accuracy"] else 1)
 
 
