@@ -341,6 +341,45 @@ def augment_preview(
     typer.echo(f"wrote {out} ({len(picked)} images x {num_views} views, {size}px, augment {augment})")
 
 
+@app.command()
+def pretrain(
+    unlabeled_dir: Annotated[Path, typer.Argument(help="Folder of unlabelled images (searched recursively).")],
+    out: Path = typer.Option(..., "--out", help="Folder for backbone.safetensors and pretrain.json."),
+    method: str = typer.Option("simclr", help="simclr | byol | dino (losses, heads and views from lightly)."),
+    backbone: str = typer.Option(_D["backbone"], help="Starts from its ImageNet weights."),
+    weights: Optional[Path] = typer.Option(None, help="Start from these backbone weights instead."),
+    epochs: int = typer.Option(10, help="Passes over the unlabelled images."),
+    minutes: Optional[float] = typer.Option(None, help="Stop between steps so the command ends within this time."),
+    image_size: int = typer.Option(128, help="Size of the views (small is cheap on a CPU)."),
+    batch_size: int = typer.Option(32),
+    lr: float = typer.Option(1e-3, help="Learning rate of the projection heads."),
+    backbone_lr: float = typer.Option(1e-4, help="Learning rate of the backbone."),
+    freeze: int = typer.Option(0, help="First K backbone stages stay frozen (cheaper)."),
+    train_bn: bool = typer.Option(False, help="Let BatchNorm statistics adapt (noisy with small batches)."),
+    probe_data: Optional[Path] = typer.Option(None, help="Labelled folder: linear/kNN probe before and after."),
+    probe_image_size: Optional[int] = typer.Option(None, help="Probe input size (default: the backbone's)."),
+    seed: int = typer.Option(0),
+    device: str = typer.Option(_D["device"]),
+) -> None:
+    """Self-supervised pretraining on unlabelled images; use with 'graft train --weights OUT/backbone.safetensors'."""
+    from .ssl import PretrainConfig, pretrain_ssl
+
+    cfg = PretrainConfig(unlabeled_dir, out, method=method, backbone=backbone, weights=weights, epochs=epochs,
+                         minutes=minutes, image_size=image_size, batch_size=batch_size, lr=lr,
+                         backbone_lr=backbone_lr, freeze=freeze, train_bn=train_bn, seed=seed, device=device,
+                         probe_data=probe_data, probe_image_size=probe_image_size)
+    summary = pretrain_ssl(cfg, on_epoch=lambda r: typer.echo(f"epoch {r['epoch']}: loss {r['loss']:.4f} "
+                                                                 f"({r['steps']} steps, {r['seconds']:.0f}s)"),
+                           on_message=typer.echo)
+    probe = summary["probe"]
+    if probe:
+        b, a = probe["before"], probe["after"]
+        typer.echo(f"probe on {probe_data}: linear {b['linear_accuracy']:.4f} → {a['linear_accuracy']:.4f}, "
+                   f"kNN {b['knn_accuracy']:.4f} → {a['knn_accuracy']:.4f}")
+    typer.echo(f"stopped by {summary['stopped_by']} after {summary['steps']} steps, {summary['seconds_total']:.0f}s "
+               f"→ {out}/backbone.safetensors. Use: {summary['use']}")
+
+
 cache_app = typer.Typer(help="Inspect or clear the decoded-image and feature caches.", no_args_is_help=True)
 app.add_typer(cache_app, name="cache")
 
