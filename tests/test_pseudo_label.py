@@ -13,7 +13,7 @@ from graftkit.semi import (PseudoLabelConfig, class_caps, pseudo_label, select_p
                            train_with_pseudo_labels, with_extra_train)
 from graftkit.semi.pseudo_label import PseudoLabel
 
-from .conftest import TINY, run_graft, write_color_images
+from .conftest import TINY, invoke_graft, run_graft, write_color_images
 
 
 class StubModel:
@@ -121,9 +121,9 @@ def test_cli_pseudo_label_and_flag_errors(scarce_folder, tmp_path):
     data, pile = scarce_folder
     flags = ["--backbone", "tiny_cnn", "--image-size", "32", "--device", "cpu", "--strategy",
              "feature-extraction", "--epochs", "2"]
-    result = run_graft("train", str(data), *flags, "--unlabeled", str(pile), "--pseudo-label", "--rounds", "1",
-                       "--out", str(tmp_path / "cli"))
-    assert result.returncode == 0, result.stderr
-    assert "round 1:" in result.stdout and "pseudo-label: val_accuracy" in result.stdout
+    result = invoke_graft("train", str(data), *flags, "--unlabeled", str(pile), "--pseudo-label", "--rounds", "1",
+                          "--out", str(tmp_path / "cli"))
+    assert result.exit_code == 0, result.output
+    assert "round 1:" in result.output and "pseudo-label: val_accuracy" in result.output
     alone = run_graft("train", str(data), *flags, "--pseudo-label", "--out", str(tmp_path / "x"))
     assert alone.returncode == 2 and "--unlabeled" in alone.stderr and "Traceback" not in alone.stderr

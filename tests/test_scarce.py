@@ -9,7 +9,7 @@ from graftkit import ConfigError, TrainConfig
 from graftkit.data import scan_data
 from graftkit.scarce import label_efficiency, mean_interval, parse_per_class, subsample
 
-from .conftest import TINY, run_graft
+from .conftest import TINY, invoke_graft
 
 
 def _files(folder):
@@ -89,10 +89,10 @@ def test_label_efficiency_writes_json_and_plot(split_folder, tmp_path):
 
 
 def test_cli_subsample_and_augment_preview(split_folder, tmp_path):
-    result = run_graft("subsample", str(split_folder), "--per-class", "2", "--seed", "1", "--out", str(tmp_path / "s"))
-    assert result.returncode == 0, result.stderr
-    assert "train 6, val 9, unlabeled 18" in result.stdout
-    preview = run_graft("augment-preview", str(split_folder), "--augment", "strong", "--image-size", "32",
+    result = invoke_graft("subsample", str(split_folder), "--per-class", "2", "--seed", "1", "--out", str(tmp_path / "s"))
+    assert result.exit_code == 0, result.output
+    assert "train 6, val 9, unlabeled 18" in result.output
+    preview = invoke_graft("augment-preview", str(split_folder), "--augment", "strong", "--image-size", "32",
                         "--out", str(tmp_path / "grid.png"))
-    assert preview.returncode == 0, preview.stderr
+    assert preview.exit_code == 0, preview.output
     assert (tmp_path / "grid.png").read_bytes()[:4] == b"\x89PNG"

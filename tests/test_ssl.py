@@ -11,7 +11,7 @@ pytest.importorskip("lightly", reason="the [ssl] extra (lightly) is not installe
 from graftkit import ConfigError, create_backbone  # noqa: E402
 from graftkit.ssl import PretrainConfig, pretrain_ssl  # noqa: E402
 
-from .conftest import run_graft, write_color_images  # noqa: E402
+from .conftest import invoke_graft, run_graft, write_color_images  # noqa: E402
 
 
 def nt_xent_from_the_paper(z_i: torch.Tensor, z_j: torch.Tensor, tau: float) -> torch.Tensor:
@@ -121,10 +121,10 @@ def test_pretrain_stops_on_minutes_and_the_loss_falls(pile, tmp_path):
 
 
 def test_pretrain_cli_and_bad_options(pile, tmp_path):
-    result = run_graft("pretrain", str(pile), "--method", "byol", "--backbone", "tiny_cnn", "--epochs", "1",
+    result = invoke_graft("pretrain", str(pile), "--method", "byol", "--backbone", "tiny_cnn", "--epochs", "1",
                        "--image-size", "32", "--batch-size", "8", "--device", "cpu", "--out", str(tmp_path / "p"))
-    assert result.returncode == 0, result.stderr
-    assert (tmp_path / "p" / "backbone.safetensors").exists() and "epoch 1" in result.stdout
+    assert result.exit_code == 0, result.output
+    assert (tmp_path / "p" / "backbone.safetensors").exists() and "epoch 1" in result.output
     bad = run_graft("pretrain", str(pile), "--method", "mae", "--out", str(tmp_path / "q"))
     assert bad.returncode == 2 and "method must be one of" in bad.stderr
     with pytest.raises(ConfigError, match="fewer than one batch"):

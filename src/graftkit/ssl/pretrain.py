@@ -172,6 +172,7 @@ def pretrain_ssl(cfg: PretrainConfig, on_epoch: Callable[[dict[str, Any]], None]
     keys = decoded.keys(paths)
     generator = torch.Generator().manual_seed(cfg.seed)
     history: list[dict[str, Any]] = []
+    step_losses: list[float] = []
     step, stopped_by = 0, "epochs"
     # --minutes bounds the whole command: keep time for the probe after training and for saving
     deadline = started + 60 * cfg.minutes - 1.2 * probe_seconds - 2 if cfg.minutes else math.inf
@@ -199,6 +200,7 @@ def pretrain_ssl(cfg: PretrainConfig, on_epoch: Callable[[dict[str, Any]], None]
             step += 1
             method.after_step(step / max(1, total_steps))
             losses.append(loss.item())
+            step_losses.append(round(loss.item(), 5))
             if time.perf_counter() > deadline:
                 stopped_by = "minutes"
                 break
@@ -222,7 +224,7 @@ def pretrain_ssl(cfg: PretrainConfig, on_epoch: Callable[[dict[str, Any]], None]
     summary = {
         "method": cfg.method, "backbone": backbone.name, "num_images": len(paths), "image_size": cfg.image_size,
         "epochs_planned": cfg.epochs, "epochs_done": len(history), "steps": step, "stopped_by": stopped_by,
-        "loss_per_epoch": [r["loss"] for r in history], "history": history,
+        "loss_per_epoch": [r["loss"] for r in history], "history": history, "loss_per_step": step_losses,
         "seconds_training": round(train_seconds, 1), "seconds_total": round(time.perf_counter() - started, 1),
         "probe": probes, "weights": str(out / "backbone.safetensors"),
         "config": {k: (str(v) if isinstance(v, Path) else v) for k, v in asdict(cfg).items()},
