@@ -127,3 +127,18 @@ def test_cli_pseudo_label_and_flag_errors(scarce_folder, tmp_path):
     assert "round 1:" in result.output and "pseudo-label: val_accuracy" in result.output
     alone = run_graft("train", str(data), *flags, "--pseudo-label", "--out", str(tmp_path / "x"))
     assert alone.returncode == 2 and "--unlabeled" in alone.stderr and "Traceback" not in alone.stderr
+
+
+@pytest.mark.parametrize("strategy", ["feature-extraction", "fine-tune"])
+def test_run_predictor_matches_the_saved_model(split_folder, tmp_path, strategy):
+    """The cached-feature predictor used between rounds agrees with `graftkit.load(run).predict_proba`."""
+    import graftkit
+    from graftkit.data import DecodedImages
+    from graftkit.semi import RunPredictor, find_unlabeled_images
+
+    run = graftkit.fit(TrainConfig(data_dir=split_folder, **{**TINY, "strategy": strategy}, out_dir=tmp_path / "r"))
+    decoded = DecodedImages(run.config.cache_dir, 37)
+    paths, _ = find_unlabeled_images(split_folder / "val", decoded)
+    ours = RunPredictor(run, decoded).predict_proba(paths)
+    saved = graftkit.load(run.out_dir).predict_proba(paths)
+    np.testing.assert_allclose(ours, saved, atol=1e-5)

@@ -55,7 +55,7 @@ def subsample_command(
     for warning in result.warnings:
         typer.echo(f"warning: {warning}")
     typer.echo(f"{out}: train {sum(result.train_counts.values())}, val {sum(result.val_counts.values())}, "
-               f"unlabeled {sum(result.unlabeled_counts.values())} images ({result.link_method}s)")
+               f"unlabeled {sum(result.unlabeled_counts.values())} images (files placed by: {result.link_method})")
 
 
 def label_efficiency_command(

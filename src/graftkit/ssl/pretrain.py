@@ -66,6 +66,8 @@ class PretrainConfig:
             raise ConfigError(f"device must be one of {', '.join(DEVICES)}; got {self.device!r}")
         if self.epochs < 1:
             raise ConfigError(f"epochs must be >= 1, got {self.epochs}")
+        if self.freeze < 0:
+            raise ConfigError(f"freeze must be >= 0, got {self.freeze}")
         if self.minutes is not None and self.minutes <= 0:
             raise ConfigError(f"minutes must be > 0, got {self.minutes}")
         if self.image_size < 16:
@@ -156,6 +158,9 @@ def pretrain_ssl(cfg: PretrainConfig, on_epoch: Callable[[dict[str, Any]], None]
             f"kNN {probes['before']['knn_accuracy']:.4f} on {cfg.probe_data}")
         probe_seconds = time.perf_counter() - probe_started
 
+    if cfg.freeze >= backbone.num_stages:
+        raise ConfigError(f"--freeze {cfg.freeze} would freeze every stage of {backbone.name} "
+                          f"({backbone.num_stages} stages); use 0..{backbone.num_stages - 1}.")
     method = build_method(cfg.method, backbone, cfg.epochs).to(device)
     for stage in backbone.stages[:cfg.freeze]:
         stage.requires_grad_(False)
