@@ -12,6 +12,9 @@ from .data import check_image, scan_data  # noqa: E402
 from .engine import Run, fit  # noqa: E402
 from .errors import CheckpointError, ConfigError, DataError, GraftError  # noqa: E402
 from .predict import ImageClassifier, Prediction  # noqa: E402
+from .scarce import label_efficiency, subsample  # noqa: E402
+from .semi import PseudoLabelConfig, pseudo_label, train_with_pseudo_labels  # noqa: E402
+from .ssl import PretrainConfig, pretrain_ssl  # noqa: E402
 
 
 def train(data_dir: str | Path, **options: Any) -> Run:
@@ -37,3 +40,5 @@ def load(path: str | Path, device: str = "cpu") -> ImageClassifier:
 __all__ = ["Backbone", "CheckpointError", "ConfigError", "DataError", "GraftError", "ImageClassifier",
            "Prediction", "Run", "TrainConfig", "__version__", "check_image", "create_backbone", "fit",
            "list_backbones", "load", "register_backbone", "scan_data", "train"]
+__all__ += ["PretrainConfig", "PseudoLabelConfig", "label_efficiency", "pretrain_ssl", "pseudo_label",
+            "subsample", "train_with_pseudo_labels"]

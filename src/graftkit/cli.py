@@ -93,7 +93,10 @@ def train(
     train_bn: bool = typer.Option(_D["train_bn"], help="Let unfrozen BatchNorm use batch statistics."),
     fold_bn: bool = typer.Option(_D["fold_bn"], help="Fold frozen BatchNorm into convs (faster, same result)."),
     batch_size: Optional[int] = typer.Option(None, help="Default: 16 on a CPU, 64 on CUDA."),
-    augment: str = typer.Option(_D["augment"], help="none | light (random resized crop + flip)."),
+    augment: str = typer.Option(_D["augment"], help="none | light (random resized crop + flip) | strong (+ colour "
+                                "jitter, TrivialAugment, random erasing) | a .json/.yaml pipeline file. Train only."),
+    mixup: float = typer.Option(_D["mixup"], help="MixUp alpha on image batches (0: off, e.g. 0.2)."),
+    cutmix: float = typer.Option(_D["cutmix"], help="CutMix alpha on image batches (0: off, e.g. 1.0)."),
     val_fraction: float = typer.Option(_D["val_fraction"], help="Held out per class when there is no val/."),
     seed: int = typer.Option(_D["seed"]),
     skip_bad_images: bool = typer.Option(False, help="Train on the readable images; list the rest in skipped.txt."),
@@ -112,6 +115,16 @@ def train(
     checkpoint_every: float = typer.Option(_D["checkpoint_every"], help="Seconds between checkpoints (0: every epoch)."),
     resume: Optional[Path] = typer.Option(None, help="Continue the interrupted run in this folder."),
     print_config: bool = typer.Option(False, help="Print the resolved config and exit."),
+    unlabeled: Optional[Path] = typer.Option(None, help="Folder of unlabelled images (for --pseudo-label)."),
+    pseudo_label: bool = typer.Option(False, "--pseudo-label", help="Self-train: pseudo-label --unlabeled "
+                                      "with the model, retrain on labelled + pseudo-labelled, --rounds times."),
+    rounds: int = typer.Option(2, help="--pseudo-label: pseudo-label/retrain rounds."),
+    threshold: float = typer.Option(0.5, help="--pseudo-label: minimum confidence of a pseudo-label."),
+    class_quantile: float = typer.Option(0.0, help="--pseudo-label: per class, also require this quantile "
+                                         "of the confidences predicted for that class."),
+    max_ratio: float = typer.Option(5.0, help="--pseudo-label: at most this many pseudo-labels per "
+                                    "labelled image of a class."),
+    max_per_class: Optional[int] = typer.Option(None, help="--pseudo-label: at most this many per class."),
 ) -> None:
     """Train a classifier on DATA_DIR and write a run folder."""
     from .engine import fit
@@ -137,9 +150,15 @@ def train(
                       skip_bad_images=skip_bad_images, device=device, num_workers=num_workers,
                       precision=precision, compile=compile, cache=cache, cache_dir=cache_dir,
                       cache_views=cache_views, checkpoint_every=checkpoint_every, out_dir=out,
-                      progress=progress)
+                      progress=progress, mixup=mixup, cutmix=cutmix)
     if print_config:
         typer.echo(cfg.to_json())
+        return
+    if pseudo_label or unlabeled is not None:
+        from .cli_scarce import train_pseudo_label
+
+        train_pseudo_label(cfg, unlabeled, pseudo_label, rounds, threshold, class_quantile, max_ratio,
+                            max_per_class, quiet)
         return
     run = fit(cfg)
     if quiet:
@@ -252,6 +271,11 @@ def demo(out: Path = typer.Option(Path("runs/demo"), "--out", help="Run folder."
     run = fit(cfg)
     typer.echo(f"demo: val_accuracy {run.metrics['val_accuracy']:.4f} on {run.metrics['num_val']} digits; "
                f"run folder {run.out_dir}")
+
+
+from . import cli_scarce  # noqa: E402
+
+cli_scarce.register(app)  # subsample, label-efficiency, augment-preview, pretrain
 
 
 def main() -> None:

@@ -54,7 +54,9 @@ class TrainConfig:
     dropout: float = 0.2
     train_bn: bool = False         # BatchNorm of unfrozen pretrained stages: batch stats (True) or kept
     batch_size: int | None = None  # None: 16 on a CPU (cache-friendly, measured fastest), 64 on CUDA
-    augment: str = "light"
+    augment: str = "light"         # none | light | strong, or a .json/.yaml pipeline file (train only)
+    mixup: float = 0.0             # MixUp alpha on image batches (0: off); train only
+    cutmix: float = 0.0            # CutMix alpha on image batches (0: off); train only
     val_fraction: float = 0.2
     seed: int = 0
     skip_bad_images: bool = False
@@ -85,9 +87,12 @@ class TrainConfig:
         _choice("precision", self.precision, PRECISIONS)
         if self.cache_views < 1:
             raise ConfigError(f"cache_views must be >= 1, got {self.cache_views}")
-        from .data.transforms import AUGMENTS
+        from .data.transforms import check_augment
 
-        _choice("augment", self.augment, AUGMENTS)
+        check_augment(self.augment)
+        for name in ("mixup", "cutmix"):
+            if getattr(self, name) < 0:
+                raise ConfigError(f"{name} must be >= 0 (a Beta alpha; 0 turns it off), got {getattr(self, name)}")
         for name in ("epochs", "head_epochs", "finetune_epochs", "freeze", "num_workers"):
             if getattr(self, name) < 0:
                 raise ConfigError(f"{name} must be >= 0, got {getattr(self, name)}")

@@ -23,8 +23,8 @@ from .. import __version__
 from ..backbones import create_backbone
 from ..backbones.registry import native_image_size
 from ..config import TrainConfig
-from ..data import (DataScan, DecodedDataset, DecodedImages, ImageBatches, build_eval_transform,
-                    build_train_transform, decode_size_for, scan_data)
+from ..data import (DataScan, DecodedDataset, DecodedImages, ImageBatches, augment_key, build_batch_mix,
+                    build_eval_transform, build_train_transform, decode_size_for, scan_data)
 from ..errors import ConfigError, GraftError
 from ..heads import Classifier
 from ..strategies import Phase, build_optimizer, build_phases, phase_at, set_learning_rates, warmup_cosine
@@ -146,7 +146,7 @@ class _Data:
         drop_last = len(self.train_keys) > self.batch_size
         if cut > 0 and cfg.cache:
             store = open_feature_store(cfg.cache_dir, model, cut, self.image_size, self.decoded.size,
-                                       cfg.augment, precision, cfg.fold_bn)
+                                       augment_key(cfg.augment), precision, cfg.fold_bn)
             views = list(range(num_views))
             todo = len(store.missing(f"{k}:{v}" for k in self.train_keys for v in views)) + \
                 len(store.missing(f"{k}:0" for k in self.val_keys))
@@ -227,6 +227,9 @@ def _fit(cfg: TrainConfig, scan: DataScan | None, report: ProgressReporter, star
                 net, train_batches, val_batches = data.batches_for(phase, model, device, precision, report)
                 setup_seconds = time.perf_counter() - epoch_start  # feature caching counts to the phase
                 head_only = isinstance(net, TailModel) and net.cut == backbone.num_stages
+                # MixUp/CutMix need whole images: not on cached features
+                mix = None if isinstance(net, TailModel) else build_batch_mix(cfg.mixup, cfg.cutmix,
+                                                                              len(scan.classes))
                 autocast = autocast_for(device, "fp32" if head_only else precision)
                 if cfg.compile and not head_only:
                     net = torch.compile(net)
@@ -237,7 +240,7 @@ def _fit(cfg: TrainConfig, scan: DataScan | None, report: ProgressReporter, star
                 resumed = None
             try:
                 row = _train_epoch(cfg, model, net, phase, phase_epoch, epoch, train_batches, val_batches,
-                                   optimizer, loss_fn, device, autocast, report)
+                                   optimizer, loss_fn, device, autocast, report, mix)
                 check_divergence(row, len(scan.classes))
             except TrainingDiverged as exc:
                 if best_state is None:
@@ -304,6 +307,8 @@ def _prepare_data(cfg: TrainConfig, scan: DataScan | None, report: ProgressRepor
             {**cfg.to_dict(), "image_size": image_size, "resolved_precision": precision,
              "graftkit_version": __version__}, indent=2))
     data = _Data(cfg, scan, decoded, image_size, device)
+    if cfg.augment != "none" and not cfg.resume:  # what the model sees, for the user and the report
+        write_augment_grid(out_dir / "augmentations.png", data, cfg)
     if data.duplicates:
         atomic_write_text(out_dir / "duplicates.txt", "".join(f"{p}\n" for p in data.duplicates))
         report.message(f"warning: {len(data.duplicates)} validation image(s) also appear in train "
@@ -355,6 +360,16 @@ def _final_metrics(cfg: TrainConfig, data: _Data, model: Classifier, device: tor
     }, final
 
 
+def write_augment_grid(path: Path, data: _Data, cfg: TrainConfig) -> None:
+    """A PNG of augmented training samples (one per class, up to 8) beside their validation crop."""
+    from ..data.preview import one_per_class, save_augment_grid
+
+    picked = one_per_class(data.train_labels, limit=8)
+    squares = data.decoded.get([data.train_keys[i] for i in picked])
+    save_augment_grid(path, list(squares), data.image_size, cfg.augment, mixup=cfg.mixup, cutmix=cfg.cutmix,
+                      seed=cfg.seed, titles=[data.scan.classes[data.train_labels[i]] for i in picked])
+
+
 def check_divergence(row: dict[str, Any], num_classes: int) -> None:
     """NaN/inf losses, or a loss 100x that of guessing (ln C), mean training has blown up."""
     limit = 100 * math.log(max(num_classes, 2))
@@ -367,7 +382,7 @@ def check_divergence(row: dict[str, Any], num_classes: int) -> None:
 
 def _train_epoch(cfg: TrainConfig, model: Classifier, net: nn.Module, phase: Phase, phase_epoch: int,
                  epoch: int, train_batches, val_batches, optimizer: torch.optim.Optimizer, loss_fn: nn.Module,
-                 device: torch.device, autocast, report: ProgressReporter) -> dict[str, Any]:
+                 device: torch.device, autocast, report: ProgressReporter, mix=None) -> dict[str, Any]:
     """One epoch: learning rates from the phase's schedule, training, then validation."""
     multipliers = phase.lr_multipliers(model.backbone.num_stages)
     steps = len(train_batches)
@@ -384,7 +399,7 @@ def _train_epoch(cfg: TrainConfig, model: Classifier, net: nn.Module, phase: Pha
     # Folding and torch.compile together measured 2x slower than either: compile wins.
     with fold_frozen_batchnorm(model, enabled=cfg.fold_bn and not cfg.compile):
         train_stats = train_one_epoch(net, train_batches, optimizer, set_lr, loss_fn, device,
-                                      cfg.channels_last, on_step=report.step, autocast=autocast)
+                                      cfg.channels_last, on_step=report.step, autocast=autocast, mix=mix)
         val_stats = evaluate(net, val_batches, device, cfg.channels_last, autocast=autocast)
     return {"phase": phase.name, "epoch": epoch + 1, "phase_epoch": phase_epoch + 1,
             "train_loss": train_stats["train_loss"], "train_accuracy": train_stats["train_accuracy"],

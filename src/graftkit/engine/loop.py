@@ -26,17 +26,23 @@ def to_device(images: torch.Tensor, labels: torch.Tensor, device: torch.device,
 def train_one_epoch(model: nn.Module, loader: Iterable, optimizer: torch.optim.Optimizer,
                     set_lr: Callable[[int], float], loss_fn: nn.Module, device: torch.device,
                     channels_last: bool = True, on_step: Callable[[float], None] | None = None,
-                    autocast: Callable = contextlib.nullcontext) -> dict:
-    """Train over ``loader`` once; ``set_lr(step)`` sets this step's learning rates first."""
+                    autocast: Callable = contextlib.nullcontext, mix: Callable | None = None) -> dict:
+    """Train over ``loader`` once; ``set_lr(step)`` sets this step's learning rates first.
+
+    ``mix(images, labels) -> (images, soft targets)`` is MixUp/CutMix on the batch, if any.
+    """
     model.train()
     total_loss, correct, seen = 0.0, 0, 0
     started = time.perf_counter()
     for step, (images, labels) in enumerate(loader):
         set_lr(step)
         images, labels = to_device(images, labels, device, channels_last)
+        targets = labels
+        if mix is not None:  # soft targets for the loss; accuracy still counts the original labels
+            images, targets = mix(images, labels)
         with autocast():
             logits = model(images)
-            loss = loss_fn(logits.float(), labels)
+            loss = loss_fn(logits.float(), targets)
         if not torch.isfinite(loss):
             raise TrainingDiverged(f"the training loss became {loss.item()} at step {step}; "
                                    f"lower the learning rate (--lr / --finetune-lr).")
