@@ -61,7 +61,7 @@ def save_augment_grid(path: Path, squares: Sequence[np.ndarray], image_size: int
     """Write ``augment_grid(...)`` as a PNG at ``path``."""
     path = Path(path)
     path.parent.mkdir(parents=True, exist_ok=True)
-    augment_grid(squares, image_size, augment, **options).save(path)
+    augment_grid(squares, image_size, augment, **options).save(path, compress_level=1)  # fast; it is a preview
     return path
 
 
