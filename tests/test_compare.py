@@ -55,8 +55,11 @@ def test_compare_trains_each_strategy_and_seed_on_one_split(class_folder, tmp_pa
     assert "Learning curves" in text and "feature-extraction" in text and "95% interval" in text
 
     # the report regenerates from the folder alone, and a second compare reuses the finished runs
-    write_report(out)
+    (out / "compare.json").write_text(json.dumps({k: v for k, v in saved.items() if k != "strategies"}))
+    write_report(out)  # rebuilds the summary in compare.json from the run folders, keeps seeds and budget
     assert_self_contained(out / "report.html")
+    rebuilt = json.loads((out / "compare.json").read_text())
+    assert rebuilt["seeds"] == [5, 6] and rebuilt["strategies"] == saved["strategies"]
     again = compare(TrainConfig(data_dir=class_folder, lr=1e-2, seed=5, **BASE), out, num_seeds=2,
                     budget_epochs=3, isolate=False, write_reports=False)
     assert again["strategies"]["scratch"]["val_accuracy"] == result["strategies"]["scratch"]["val_accuracy"]

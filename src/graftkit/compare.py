@@ -106,7 +106,7 @@ def compare(base: TrainConfig, out_dir: str | Path, strategies: Sequence[str] = 
     Returns:
         What ``compare.json`` holds.
     """
-    from .engine.fit import scan_for
+    from .engine.fit import Interrupted, scan_for
     from .engine.progress import ProgressReporter
     from .report.runfiles import load_run
     from .report.summary import summarize_comparison
@@ -161,8 +161,8 @@ def compare(base: TrainConfig, out_dir: str | Path, strategies: Sequence[str] = 
             report.message(f"{label} → {run_dir}")
         try:
             measured = _run_isolated(cfg, scan) if isolate else _train_and_measure(cfg, scan)
-        except KeyboardInterrupt:
-            raise ConfigError(f"interrupted during {label}. Run the same 'graft compare' command again to go "
+        except (KeyboardInterrupt, Interrupted):
+            raise Interrupted(f"interrupted during {label}. Run the same 'graft compare' command again to go "
                               f"on: finished runs are kept and the interrupted one resumes.") from None
         atomic_write_text(run_dir / "resources.json", json.dumps(
             {**measured, "isolated_process": isolate, "measured": memory_definition(isolate)}, indent=2))

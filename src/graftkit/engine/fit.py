@@ -270,6 +270,8 @@ def _fit(cfg: TrainConfig, scan: DataScan | None, report: ProgressReporter, star
         start_epoch, history, best = resumed["epoch"], list(resumed["history"]), dict(resumed["best"])
         best_state = load_model(out_dir)[0].state_dict() if best["val_accuracy"] >= 0 else None
         report.message(f"resuming after epoch {start_epoch} of {cfg.total_epochs}")
+        if history:  # wall-clock figures (elapsed, seconds_total, max_seconds) go on from where they stopped
+            started -= float(history[-1].get("elapsed", 0.0))
     atomic_write_text(out_dir / "history.jsonl", "".join(json.dumps(r) + "\n" for r in history))
     last_checkpoint = time.perf_counter()
     epoch, setup_seconds, stopped = start_epoch, 0.0, None

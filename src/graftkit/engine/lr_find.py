@@ -197,6 +197,9 @@ def save_lr_find(result: LRFindResult, out_dir: str | Path, data_dir: str | Path
                f"{result.minimum_lr:.1e}, divided by 10{steepest}) for the {result.phase} phase. Use it: "
                f"graft train {data_dir} --strategy {strategy} {result.flag} {result.suggestion:.1e}  "
                f"(or pass --lr-find to graft train)")
+    if result.minimum_lr >= result.lrs[int(0.95 * (len(result.lrs) - 1))]:
+        message += (f". Warning: the loss was lowest at the end of the tested range ({result.lrs[-1]:.1e}) and never "
+                    f"diverged, so the suggestion is uncertain; rerun with a higher --end-lr, or keep the default")
     payload = {**result.to_dict(), "message": message, "data_dir": str(data_dir), "strategy": strategy,
                "usage": f"{result.flag} {result.suggestion:.1e}"}
     atomic_write_text(out_dir / "lr_find.json", json.dumps(payload, indent=2))

@@ -23,9 +23,24 @@ def write_report(path: str | Path, out: str | Path | None = None, worst: int = 1
     if is_run_dir(path):
         return render_run_report(path, out, worst=worst, gradcam=gradcam)
     if is_compare_dir(path):
+        refresh_compare_json(path)
         return render_compare_report(path, out, worst=worst, gradcam=gradcam)
     return render_run_report(path, out, worst=worst, gradcam=gradcam)  # raises with what is missing
 
 
-__all__ = ["RunFiles", "find_compare_runs", "is_compare_dir", "is_run_dir", "load_run", "summarize_comparison",
+def refresh_compare_json(compare_dir: str | Path) -> dict:
+    """Recompute the summary in ``compare.json`` from the run folders (what the comparison itself
+    recorded, such as seeds and budget, is kept)."""
+    import json
+
+    from ..fileio import atomic_write_text
+
+    path = Path(compare_dir) / "compare.json"
+    saved = json.loads(path.read_text()) if path.is_file() else {}
+    updated = {**saved, **summarize_comparison(find_compare_runs(compare_dir))}
+    atomic_write_text(path, json.dumps(updated, indent=2))
+    return updated
+
+
+__all__ = ["refresh_compare_json", "RunFiles", "find_compare_runs", "is_compare_dir", "is_run_dir", "load_run", "summarize_comparison",
            "write_report"]

@@ -33,15 +33,18 @@ def grad_cam(model: nn.Module, images: torch.Tensor, class_indices: int | Sequen
         output.register_hook(lambda grad: captured.__setitem__("gradient", grad))
 
     handle = layer.register_forward_hook(keep_output)
+    wanted = [p.requires_grad for p in model.parameters()]
+    model.requires_grad_(False)  # only the activations' gradients are needed, not the weights'
     try:
         with torch.enable_grad():
-            x = images.detach().clone().float().requires_grad_(True)  # grads flow even if all is frozen
+            x = images.detach().clone().float().requires_grad_(True)  # so gradients flow back to the layer
             logits = model(x)
             index = torch.as_tensor(class_indices, device=logits.device).reshape(-1).expand(len(x))
             logits.gather(1, index[:, None]).sum().backward()
     finally:
         handle.remove()
-        model.zero_grad(set_to_none=True)
+        for parameter, flag in zip(model.parameters(), wanted):
+            parameter.requires_grad_(flag)
     activation, gradient = captured["activation"].detach(), captured["gradient"].detach()
     weights = gradient.mean(dim=(2, 3), keepdim=True)                      # (B, C, 1, 1)
     cam = torch.relu((weights * activation).sum(dim=1, keepdim=True))     # (B, 1, h, w)

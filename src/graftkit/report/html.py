@@ -278,7 +278,9 @@ def render_run_report(run_dir: str | Path, out: str | Path | None = None, worst:
     """Write ``run_dir/report.html`` (or ``out``) for one run, from its files alone."""
     run = load_run(run_dir)
     m = run.metrics
-    title = f"graftkit run report: {Path(run_dir).resolve().name}"
+    folder = Path(run_dir).resolve()
+    name = f"{folder.parent.name}/{folder.name}" if folder.name.startswith("seed") else folder.name
+    title = f"graftkit run report: {name}"
     subtitle = (f"{esc(run.strategy)} · {esc(m.get('backbone'))} "
                 f"({'pretrained' if m.get('pretrained') else 'random init'}) · {len(run.classes)} classes · "
                 f"<code>{esc(run.run_dir)}</code>")

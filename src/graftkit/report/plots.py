@@ -214,10 +214,10 @@ def freeze_auto_png(rows: Sequence[dict[str, Any]], chosen: int | None = None) -
     ax.set_xticks(range(len(rows)), labels=labels, rotation=15, fontsize=8)
     low = min(accuracies) if accuracies else 0
     ax.set_ylim(max(0.0, low - 0.1), 1.02)
-    _style(ax, "freeze depth: validation accuracy (bars, chosen in green) and seconds (dots)", "",
+    _style(ax, "validation accuracy (bars; chosen: green) and seconds (dots) per depth", "",
            "validation accuracy")
     twin = ax.twinx()
     twin.plot(range(len(rows)), [r["seconds"] for r in rows], "o", color="#d1495b")
     twin.set_ylabel("seconds (the part that differs)", color="#d1495b")
-    twin.set_ylim(bottom=0)
+    twin.set_ylim(0, 1.15 * max([r["seconds"] for r in rows] + [1e-3]))
     return _png(fig)
