@@ -110,6 +110,13 @@ def screenshot(chromium: str, report: Path, out: Path, width: int, height: int, 
     if not raw.is_file():
         sys.exit("error: Chromium wrote no screenshot")
     image = Image.open(raw).convert("RGB")
+    import numpy as np
+
+    pixels = np.asarray(image)
+    background = pixels[-1, -1]
+    used = np.nonzero((np.abs(pixels.astype(int) - background).sum(axis=2) > 12).any(axis=1))[0]
+    if len(used):  # drop the empty page background below the footer
+        image = image.crop((0, 0, image.width, min(image.height, int(used[-1]) + 24)))
     scale = 1.0
     while True:
         shown = image if scale == 1.0 else image.resize((round(image.width * scale), round(image.height * scale)),

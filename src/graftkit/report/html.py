@@ -335,26 +335,33 @@ def render_compare_report(compare_dir: str | Path, out: str | Path | None = None
         per_seed = ", ".join(f"{100 * v:.1f}" for v in acc["per_seed"])
         ttt = s["time_to_target_seconds"]
         memory = s["peak_memory_mb"]["max"]
-        rows.append((name, pct(acc["mean"]), interval_text, per_seed, f"{secs(ttt['mean'])} ({ttt['reached']})",
-                     secs(s["seconds"]["mean"]), "/".join(str(e) for e in sorted(set(s["epochs"]))),
-                     "–" if memory is None else f"{memory:.0f} MB"))
+        best = ", ".join(f"{e} ({p})" if p and p != "scratch" else str(e)
+                         for e, p in zip(s.get("best_epoch", []), s.get("best_phase", [])))
+        rows.append((name, pct(acc["mean"]), interval_text, per_seed, best or "–",
+                     f"{secs(ttt['mean'])} ({ttt['reached']})", secs(s["seconds"]["mean"]),
+                     "/".join(str(e) for e in sorted(set(s["epochs"]))), "–" if memory is None else f"{memory:.0f} MB"))
         if name == best_name:
             highlight = i
     target = summary.get("target_accuracy")
     definitions = summary.get("definitions", {})
     notes = "".join(f"<li><b>{esc(k.replace('_', ' '))}</b>: {esc(v)}</li>" for k, v in definitions.items())
+    if summary.get("feature_cache_seconds") is not None:
+        notes += (f"<li><b>feature cache</b>: the frozen backbone's pooled features were computed once before the "
+                  f"runs ({secs(summary['feature_cache_seconds'])}) and read from the cache by every "
+                  f"feature-extraction run and fine-tune head phase; that time is not in their seconds</li>")
     ordering = " > ".join(f"{n} ({pct(stats[n]['val_accuracy']['mean'])})" for n in ranking)
-    result_table = table(["strategy", "mean val accuracy", "95% interval", "per seed (%)",
+    result_table = table(["strategy", "mean val accuracy", "95% interval", "per seed (%)", "best epoch per seed",
                           f"time to {pct(target)} (seeds)", "seconds per run", "epochs", "peak memory"],
-                         rows, numeric=(1, 4, 5, 6, 7), highlight=highlight)
+                         rows, numeric=(1, 5, 6, 7, 8), highlight=highlight)
     result = section("Result", f"<p>Ranking by mean validation accuracy: <b>{esc(ordering)}</b>.</p>"
-                     f"{result_table}<ul class='note'>{notes}</ul>", "result")
+                     f"{result_table}<p class='note'>Each run keeps its best epoch by validation accuracy (the "
+                     f"saved model); the curves below show every epoch.</p><ul class='note'>{notes}</ul>", "result")
 
     histories = {name: [r.history for r in rs] for name, rs in runs.items()}
     curves = section("Learning curves", figure(plots.compare_curves_png(histories, target), "learning curves") +
                      '<p class="note">Validation accuracy and loss of each strategy: the line is the mean over '
                      "seeds, the band spans the lowest to the highest seed. Bottom: the same against wall-clock "
-                     "seconds since each run started (data check and feature caching included).</p>", "curves")
+                     "seconds since each run started.</p>", "curves")
     overfit = section("Train vs validation", figure(plots.overfitting_png(histories), "train vs validation"), "overfit")
 
     matrices = []

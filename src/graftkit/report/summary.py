@@ -15,8 +15,8 @@ INTERVAL_DEFINITION = ("95% Student-t confidence interval of the mean over seeds
 TARGET_FRACTION = 0.9
 TARGET_DEFINITION = (f"{TARGET_FRACTION:.0%} of the best validation accuracy any run of the comparison "
                      f"reached at any epoch; the time is the run's wall-clock seconds from its start "
-                     f"(data check, model build and feature caching included) to the end of the "
-                     f"first epoch whose validation accuracy reaches it")
+                     f"(data check and model build included; features already in the cache are read, not "
+                     f"recomputed) to the end of the first epoch whose validation accuracy reaches it")
 
 
 def per_class_metrics(predictions: Sequence[dict[str, Any]], classes: Sequence[str]) -> dict[str, Any]:
@@ -112,6 +112,8 @@ def summarize_comparison(runs: dict[str, list[RunFiles]]) -> dict[str, Any]:
             "epochs_to_target": [e for _, e in reached],
             "seconds": {**mean_interval(seconds), "per_seed": seconds},
             "epochs": [len(r.history) for r in rs],
+            "best_epoch": [r.metrics.get("best_epoch") for r in rs],
+            "best_phase": [r.metrics.get("best_phase") for r in rs],
             "peak_memory_mb": {"max": max((m for m in memory if m is not None), default=None),
                                "per_seed": memory},
             "seeds": [int(r.config.get("seed", i)) for i, r in enumerate(rs)],
