@@ -83,7 +83,8 @@ def train(
     epochs: int = typer.Option(_D["epochs"], help="Epochs for scratch and feature-extraction."),
     head_epochs: int = typer.Option(_D["head_epochs"], help="fine-tune: epochs with the backbone frozen."),
     finetune_epochs: int = typer.Option(_D["finetune_epochs"], help="fine-tune: epochs after unfreezing."),
-    freeze: int = typer.Option(_D["freeze"], help="fine-tune: first K stages stay frozen when unfreezing."),
+    freeze: str = typer.Option(str(_D["freeze"]), help="fine-tune: first K stages stay frozen when unfreezing; "
+                               "'auto': try several depths briefly and train the best (see freeze_auto.json)."),
     lr: float = typer.Option(_D["lr"], help="Peak learning rate of the head (and of scratch)."),
     finetune_lr: float = typer.Option(_D["finetune_lr"], help="Peak learning rate after unfreezing."),
     stage_lr_decay: float = typer.Option(_D["stage_lr_decay"], help="LR factor per stage going down."),
@@ -113,6 +114,9 @@ def train(
     quiet: bool = typer.Option(False, "--quiet", "-q", help="Print only the final line."),
     plain: bool = typer.Option(False, help="One line per epoch, no progress bar."),
     checkpoint_every: float = typer.Option(_D["checkpoint_every"], help="Seconds between checkpoints (0: every epoch)."),
+    max_seconds: Optional[float] = typer.Option(None, help="Wall-clock budget: no new epoch starts after it."),
+    lr_find: bool = typer.Option(False, "--lr-find", help="Run the learning-rate range test first and train with "
+                                 "its suggestion (--lr; the plot goes to lr_find.png in the run folder)."),
     resume: Optional[Path] = typer.Option(None, help="Continue the interrupted run in this folder."),
     print_config: bool = typer.Option(False, help="Print the resolved config and exit."),
     unlabeled: Optional[Path] = typer.Option(None, help="Folder of unlabelled images (for --pseudo-label)."),
@@ -141,16 +145,21 @@ def train(
         return
     if data_dir is None:
         raise GraftError("train needs DATA_DIR (or --resume RUN_DIR). See 'graft train --help'.")
+    freeze_auto = freeze.strip().lower() == "auto"
+    try:
+        freeze_depth = 0 if freeze_auto else int(freeze)
+    except ValueError:
+        raise GraftError(f"--freeze takes a number of stages or 'auto'; got {freeze!r}") from None
     cfg = TrainConfig(data_dir=data_dir, strategy=strategy, backbone=backbone, pretrained=pretrained,
                       weights=weights, image_size=image_size, epochs=epochs, head_epochs=head_epochs,
-                      finetune_epochs=finetune_epochs, freeze=freeze, lr=lr, finetune_lr=finetune_lr,
+                      finetune_epochs=finetune_epochs, freeze=freeze_depth, freeze_auto=freeze_auto, lr=lr, finetune_lr=finetune_lr,
                       stage_lr_decay=stage_lr_decay, weight_decay=weight_decay,
                       label_smoothing=label_smoothing, dropout=dropout, train_bn=train_bn, fold_bn=fold_bn,
                       batch_size=batch_size, augment=augment, val_fraction=val_fraction, seed=seed,
                       skip_bad_images=skip_bad_images, device=device, num_workers=num_workers,
                       precision=precision, compile=compile, cache=cache, cache_dir=cache_dir,
                       cache_views=cache_views, checkpoint_every=checkpoint_every, out_dir=out,
-                      progress=progress, mixup=mixup, cutmix=cutmix)
+                      max_seconds=max_seconds, progress=progress, mixup=mixup, cutmix=cutmix)
     if print_config:
         typer.echo(cfg.to_json())
         return
@@ -160,7 +169,18 @@ def train(
         train_pseudo_label(cfg, unlabeled, pseudo_label, rounds, threshold, class_quantile, max_ratio,
                             max_per_class, quiet)
         return
-    run = fit(cfg)
+    scan = None
+    if lr_find:
+        from .engine.fit import default_out_dir, prepare_out_dir, scan_for
+        from .engine.lr_find import lr_range_test, save_lr_find
+
+        cfg = cfg.replace(out_dir=cfg.out_dir or default_out_dir(cfg.strategy))
+        prepare_out_dir(cfg)  # refuse an existing run before spending time
+        scan = scan_for(cfg)
+        result = lr_range_test(cfg, scan, phase="auto")
+        typer.echo(f"lr-find: {save_lr_find(result, cfg.out_dir, data_dir, cfg.strategy)}")
+        cfg = cfg.replace(lr=float(f"{result.suggestion:.1e}"))
+    run = fit(cfg, scan=scan)
     if quiet:
         typer.echo(f"val_accuracy {run.metrics['val_accuracy']:.4f} → {run.out_dir}")
 
@@ -227,6 +247,100 @@ def evaluate(model: Annotated[Path, typer.Argument(help="Run folder (or its mode
     for cls, row in zip(result["classes"], result["confusion_matrix"]):
         matrix.add_row(cls, *map(str, row))
     console.print(matrix)
+
+
+@app.command()
+def compare(
+    data_dir: Annotated[Path, typer.Argument(help="Folder with train/ and val/, or with one folder per class.")],
+    out: Path = typer.Option(..., "--out", help="Comparison folder: <strategy>/seed<k>/ runs, compare.json, report.html."),
+    strategies: str = typer.Option("scratch,feature-extraction,fine-tune", help="Comma-separated strategies."),
+    seeds: int = typer.Option(3, help="Seeds per strategy (--seed, --seed+1, ...)."),
+    budget_epochs: Optional[int] = typer.Option(None, help="Epochs per run (default 6); fine-tune spends a third "
+                                                "on the head, the rest fine-tuning."),
+    budget_minutes: Optional[float] = typer.Option(None, help="Wall-clock minutes per run, checked between epochs."),
+    backbone: str = typer.Option(_D["backbone"], help="See 'graft backbones'."),
+    pretrained: bool = typer.Option(True, help="--no-pretrained: random init for every strategy."),
+    image_size: Optional[int] = typer.Option(None, help="Input size (default: the backbone's)."),
+    lr: float = typer.Option(_D["lr"], help="Peak learning rate of the head (and of scratch)."),
+    finetune_lr: float = typer.Option(_D["finetune_lr"], help="Peak learning rate after unfreezing."),
+    batch_size: Optional[int] = typer.Option(None, help="Default: 16 on a CPU, 64 on CUDA."),
+    augment: str = typer.Option(_D["augment"], help="none | light."),
+    val_fraction: float = typer.Option(_D["val_fraction"], help="Held out per class when there is no val/."),
+    seed: int = typer.Option(_D["seed"], help="First seed; it also seeds the one split every run uses."),
+    skip_bad_images: bool = typer.Option(False, help="Train on the readable images."),
+    device: str = typer.Option(_D["device"], help="auto | cpu | cuda."),
+    precision: str = typer.Option(_D["precision"], help="auto | fp32 | bf16."),
+    cache: bool = typer.Option(_D["cache"], help="--no-cache: decode and recompute everything."),
+    cache_dir: Optional[Path] = typer.Option(None, help="Cache folder (default ~/.cache/graftkit)."),
+    isolate: bool = typer.Option(True, help="Each run in a fresh process (its own peak memory); "
+                                 "--no-isolate: all in this process."),
+    report: bool = typer.Option(True, help="--no-report: skip the HTML reports."),
+    quiet: bool = typer.Option(False, "--quiet", "-q", help="Print only the summary."),
+    plain: bool = typer.Option(False, help="One line per epoch, no progress bar."),
+) -> None:
+    """Scratch vs feature extraction vs fine-tuning: same data, split and budget; several seeds."""
+    from .compare import compare as run_compare
+
+    names = [s.strip() for s in strategies.split(",") if s.strip()]
+    base = TrainConfig(data_dir=data_dir, backbone=backbone, pretrained=pretrained, image_size=image_size, lr=lr,
+                       finetune_lr=finetune_lr, batch_size=batch_size, augment=augment, val_fraction=val_fraction,
+                       seed=seed, skip_bad_images=skip_bad_images, device=device, precision=precision, cache=cache,
+                       cache_dir=cache_dir, progress="none" if quiet else ("plain" if plain else "auto"))
+    result = run_compare(base, out, names, seeds, budget_epochs, budget_minutes, isolate=isolate, write_reports=report)
+    if quiet:
+        for name in result["ranking_by_mean_val_accuracy"]:
+            typer.echo(f"{name} {result['strategies'][name]['val_accuracy']['mean']:.4f}")
+        typer.echo(f"→ {out}")
+
+
+@app.command()
+def report(path: Annotated[Path, typer.Argument(help="A run folder, or a folder written by 'graft compare'.")],
+           out: Optional[Path] = typer.Option(None, "--out", help="HTML file (default PATH/report.html)."),
+           worst: int = typer.Option(12, help="Worst-classified validation images to show."),
+           gradcam: int = typer.Option(4, help="Grad-CAM heat-maps for this many of them (0: none).")) -> None:
+    """Write a self-contained report.html for a run or a comparison, from its files alone."""
+    from .report import write_report
+
+    typer.echo(f"report → {write_report(path, out, worst=worst, gradcam=gradcam)}")
+
+
+@app.command("lr-find")
+def lr_find_command(
+    data_dir: Annotated[Path, typer.Argument(help="Folder with train/ and val/, or with one folder per class.")],
+    strategy: str = typer.Option(_D["strategy"], help="The strategy you will train with."),
+    phase: str = typer.Option("auto", help="head (backbone frozen, cached features: seconds) | full (every "
+                              "stage) | auto: full for scratch, else head."),
+    start_lr: float = typer.Option(1e-7, help="First learning rate tried."),
+    end_lr: float = typer.Option(10.0, help="Last learning rate tried."),
+    steps: int = typer.Option(100, help="Steps (mini-batches) of the test."),
+    backbone: str = typer.Option(_D["backbone"], help="See 'graft backbones'."),
+    image_size: Optional[int] = typer.Option(None, help="Input size (default: the backbone's)."),
+    batch_size: Optional[int] = typer.Option(None, help="Default: 16 on a CPU, 64 on CUDA."),
+    augment: str = typer.Option(_D["augment"], help="none | light."),
+    val_fraction: float = typer.Option(_D["val_fraction"]),
+    seed: int = typer.Option(_D["seed"]),
+    skip_bad_images: bool = typer.Option(False),
+    device: str = typer.Option(_D["device"], help="auto | cpu | cuda."),
+    cache: bool = typer.Option(_D["cache"]),
+    cache_dir: Optional[Path] = typer.Option(None),
+    out: Optional[Path] = typer.Option(None, "--out", help="Folder for lr_find.json and lr_find.png "
+                                       "(default runs/<time>-lr-find)."),
+    quiet: bool = typer.Option(False, "--quiet", "-q"),
+) -> None:
+    """Learning-rate range test: plot the loss against an exponentially growing rate; suggest --lr."""
+    from datetime import datetime
+
+    from .engine.lr_find import lr_range_test, save_lr_find
+
+    cfg = TrainConfig(data_dir=data_dir, strategy=strategy, backbone=backbone, image_size=image_size,
+                      batch_size=batch_size, augment=augment, val_fraction=val_fraction, seed=seed,
+                      skip_bad_images=skip_bad_images, device=device, cache=cache, cache_dir=cache_dir,
+                      progress="none" if quiet else "auto")
+    folder = out or Path("runs") / f"{datetime.now():%Y%m%d-%H%M%S}-lr-find"
+    result = lr_range_test(cfg, phase=phase, start_lr=start_lr, end_lr=end_lr, num_steps=steps)
+    message = save_lr_find(result, folder, data_dir, strategy)
+    typer.echo(message)
+    typer.echo(f"plot and numbers → {folder / 'lr_find.png'}, {folder / 'lr_find.json'}")
 
 
 cache_app = typer.Typer(help="Inspect or clear the decoded-image and feature caches.", no_args_is_help=True)

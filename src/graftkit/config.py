@@ -45,6 +45,7 @@ class TrainConfig:
     head_epochs: int = 2           # fine-tune: the frozen phase
     finetune_epochs: int = 4       # fine-tune: the unfrozen phase
     freeze: int = 0                # fine-tune: stages kept frozen in the unfrozen phase
+    freeze_auto: bool = False      # fine-tune: measure candidate freeze depths first, train the best
     lr: float = 3e-3               # head (and scratch) peak learning rate, AdamW
     finetune_lr: float = 1e-4      # fine-tune phase peak learning rate
     stage_lr_decay: float = 0.8    # per stage, from the top, in the fine-tune phase
@@ -59,6 +60,7 @@ class TrainConfig:
     cutmix: float = 0.0            # CutMix alpha on image batches (0: off); train only
     val_fraction: float = 0.2
     seed: int = 0
+    split_seed: int | None = None  # seeds the val hold-out of a class-folder root; None: ``seed``
     skip_bad_images: bool = False
     device: str = "auto"
     num_workers: int = 0
@@ -72,6 +74,7 @@ class TrainConfig:
     out_dir: Path | None = None    # None: runs/<time>-<strategy>
     resume: bool = False           # continue the interrupted run in out_dir from its checkpoint
     checkpoint_every: float = 10.0  # seconds of training between checkpoints (0: every epoch)
+    max_seconds: float | None = None  # wall-clock budget: no new epoch starts after it (None: no limit)
     progress: str = "auto"
 
     def __post_init__(self) -> None:
@@ -114,6 +117,11 @@ class TrainConfig:
             raise ConfigError("--weights has no meaning with --strategy scratch (random init); drop one")
         if self.resume and self.out_dir is None:
             raise ConfigError("resume needs the run folder: pass --resume RUN_DIR")
+        if self.max_seconds is not None and not self.max_seconds > 0:
+            raise ConfigError(f"max_seconds must be > 0 (or None for no limit), got {self.max_seconds}")
+        if self.freeze_auto and self.strategy != "fine-tune":
+            raise ConfigError(f"--freeze auto chooses which stages to fine-tune; it needs --strategy fine-tune, "
+                              f"not {self.strategy!r}")
         if self.total_epochs == 0:
             raise ConfigError(f"strategy {self.strategy!r} would train for 0 epochs; raise the epochs")
 
@@ -122,6 +130,11 @@ class TrainConfig:
         if self.strategy == "fine-tune":
             return self.head_epochs + self.finetune_epochs
         return self.epochs
+
+    @property
+    def resolved_split_seed(self) -> int:
+        """The seed of the validation hold-out (``split_seed``, else ``seed``)."""
+        return self.seed if self.split_seed is None else self.split_seed
 
     @classmethod
     def from_run(cls, run_dir: str | Path, **changes: Any) -> "TrainConfig":

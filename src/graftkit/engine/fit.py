@@ -84,8 +84,12 @@ def seed_everything(seed: int) -> None:
     torch.manual_seed(seed)
 
 
+def default_out_dir(strategy: str) -> Path:
+    return Path("runs") / f"{datetime.now():%Y%m%d-%H%M%S}-{strategy}"
+
+
 def prepare_out_dir(cfg: TrainConfig) -> Path:
-    out = cfg.out_dir or Path("runs") / f"{datetime.now():%Y%m%d-%H%M%S}-{cfg.strategy}"
+    out = cfg.out_dir or default_out_dir(cfg.strategy)
     if cfg.resume:
         if (out / "metrics.json").exists():
             raise ConfigError(f"'{out}' holds a finished run; nothing to resume.")
@@ -112,7 +116,7 @@ def model_meta(cfg: TrainConfig, model: Classifier, classes: list[str], image_si
         "preprocessing": {"image_size": image_size, "resize": decode_size_for(image_size),
                           "crop": "center", "mean": list(backbone.mean), "std": list(backbone.std),
                           "scale": "0-1 then normalise"},
-        "precision": precision, "fold_bn": cfg.fold_bn, "split": {"val_fraction": cfg.val_fraction, "seed": cfg.seed},
+        "precision": precision, "fold_bn": cfg.fold_bn, "split": {"val_fraction": cfg.val_fraction, "seed": cfg.resolved_split_seed},
         "strategy": cfg.strategy, "graftkit_version": __version__,
     }
 
@@ -176,13 +180,31 @@ class _Data:
                             self.eval_batch_size, num_workers=self.cfg.num_workers, pin_memory=pin)
 
 
+def scan_for(cfg: TrainConfig) -> DataScan:
+    """Scan and validate ``cfg.data_dir`` as ``fit`` would, filling the decoded-image cache on the way:
+    for callers that train several times on one split (``graft compare``, ``--freeze auto``)."""
+    if not cfg.cache:
+        return scan_data(cfg.data_dir, cfg.val_fraction, cfg.resolved_split_seed, cfg.skip_bad_images)
+    decoded = DecodedImages(cfg.cache_dir, decode_size_for(cfg.image_size or native_image_size(cfg.backbone)))
+    scan = scan_data(cfg.data_dir, cfg.val_fraction, cfg.resolved_split_seed, cfg.skip_bad_images,
+                     checker=decoded.check_and_fill)
+    decoded.flush()
+    return scan
+
+
 def fit(cfg: TrainConfig, scan: DataScan | None = None) -> Run:
     """Train a classifier as ``cfg`` says and write the run folder.
 
     Args:
         cfg: the resolved configuration.
         scan: an already validated data scan (else ``scan_data`` runs first).
+
+    With ``cfg.freeze_auto`` the freeze depth is measured first (``strategies.auto_freeze``).
     """
+    if cfg.freeze_auto:
+        from ..strategies.auto_freeze import fit_auto_freeze
+
+        return fit_auto_freeze(cfg, scan)
     started = time.perf_counter()
     seed_everything(cfg.seed)
     report = ProgressReporter(cfg.progress)
@@ -216,7 +238,8 @@ def _fit(cfg: TrainConfig, scan: DataScan | None, report: ProgressReporter, star
     state = _restore(cfg, out_dir, scan.classes, model, optimizer, report)
     history, best, best_state, resumed = state["history"], state["best"], state["best_state"], state["resumed"]
     start_epoch = epoch = state["epoch"]
-    diverged, setup_seconds, last_checkpoint = [], 0.0, time.perf_counter()
+    started -= state["elapsed"]  # wall-clock figures (elapsed, seconds_total, max_seconds) go on after a resume
+    diverged, setup_seconds, last_checkpoint, stopped = [], 0.0, time.perf_counter(), None
     try:
         while epoch < cfg.total_epochs:
             phase_index, phase, phase_epoch = phase_at(phases, epoch)
@@ -273,11 +296,18 @@ def _fit(cfg: TrainConfig, scan: DataScan | None, report: ProgressReporter, star
                              f"train_loss {row['train_loss']:.4f} val_loss {row['val_loss']:.4f} "
                              f"val_acc {row['val_accuracy']:.4f} {time.perf_counter() - epoch_start:6.1f}s"
                              f"{'  *best' if improved else ''}")
+            if cfg.max_seconds is not None and epoch < cfg.total_epochs and \
+                    time.perf_counter() - started >= cfg.max_seconds:  # the wall-clock budget is spent
+                stopped = {"reason": "max_seconds", "after_epoch": epoch, "max_seconds": cfg.max_seconds}
+                report.message(f"time budget of {cfg.max_seconds:.0f}s spent after epoch {epoch} of "
+                               f"{cfg.total_epochs}; stopping (the best epoch so far is kept)")
+                break
     except KeyboardInterrupt:
         raise Interrupted(f"interrupted during epoch {epoch + 1}; the last checkpoint and the best model are "
                           f"in '{out_dir}'. Continue with: graft train --resume {out_dir}") from None
     model.load_state_dict(best_state)
     metrics, final = _final_metrics(cfg, data, model, device, precision, phases, history, best, diverged, started)
+    metrics["stopped_early"] = stopped
     _write_predictions(out_dir / "predictions.csv", scan, final["probs"], final["labels"])
     atomic_write_text(out_dir / "metrics.json", json.dumps(metrics, indent=2))
     report.message(f"val_accuracy {metrics['val_accuracy']:.4f} (best epoch {metrics['best_epoch']}, "
@@ -291,7 +321,7 @@ def _prepare_data(cfg: TrainConfig, scan: DataScan | None, report: ProgressRepor
     image_size = cfg.image_size or native_image_size(cfg.backbone)
     decoded = DecodedImages(cache_dir, decode_size_for(image_size))
     if scan is None:
-        scan = scan_data(cfg.data_dir, cfg.val_fraction, cfg.seed, cfg.skip_bad_images,
+        scan = scan_data(cfg.data_dir, cfg.val_fraction, cfg.resolved_split_seed, cfg.skip_bad_images,
                          checker=decoded.check_and_fill)
     else:
         for sample in [*scan.train, *scan.val]:
@@ -321,7 +351,7 @@ def _restore(cfg: TrainConfig, out_dir: Path, classes: list[str], model: Classif
              optimizer: torch.optim.Optimizer, report: ProgressReporter) -> dict[str, Any]:
     """A fresh start, or the state of an interrupted run's last checkpoint (``--resume``)."""
     state: dict[str, Any] = {"epoch": 0, "history": [], "best": {"val_accuracy": -1.0, "val_loss": float("inf")},
-                             "best_state": None, "resumed": None}
+                             "best_state": None, "resumed": None, "elapsed": 0.0}
     if cfg.resume:
         resumed = load_checkpoint(out_dir, classes)
         model.load_state_dict(resumed["model"])
@@ -329,7 +359,8 @@ def _restore(cfg: TrainConfig, out_dir: Path, classes: list[str], model: Classif
         best = dict(resumed["best"])
         state = {"epoch": resumed["epoch"], "history": list(resumed["history"]), "best": best,
                  "best_state": load_model(out_dir)[0].state_dict() if best["val_accuracy"] >= 0 else None,
-                 "resumed": resumed}
+                 "resumed": resumed, "elapsed": float(resumed["history"][-1].get("elapsed", 0.0))
+                 if resumed["history"] else 0.0}
         report.message(f"resuming after epoch {state['epoch']} of {cfg.total_epochs}")
     atomic_write_text(out_dir / "history.jsonl", "".join(json.dumps(r) + "\n" for r in state["history"]))
     return state
@@ -357,6 +388,7 @@ def _final_metrics(cfg: TrainConfig, data: _Data, model: Classifier, device: tor
         "device": device.type, "precision": precision, "batch_size": data.batch_size, "diverged": diverged,
         "seconds_total": round(time.perf_counter() - started, 3),
         "phases": _phase_summaries(phases, history, phase_seconds), "graftkit_version": __version__,
+        "class_counts": {"train": scan.class_counts("train"), "val": scan.class_counts("val")},
     }, final
 
 
