@@ -315,9 +315,10 @@ def _fit(cfg: TrainConfig, scan: DataScan | None, report: ProgressReporter, star
     return Run(out_dir, cfg, scan.classes, metrics, history, model)
 
 
-def _prepare_data(cfg: TrainConfig, scan: DataScan | None, report: ProgressReporter, cache_dir: Path,
-                  device: torch.device, precision: str) -> tuple[_Data, Path]:
-    """Scan (decoding every image once, into the cache), then create the run folder and its first files."""
+def scan_and_decode(cfg: TrainConfig, scan: DataScan | None,
+                    cache_dir: Path) -> tuple[DataScan, DecodedImages, int]:
+    """Scan and validate the data (unless ``scan`` is given), decoding every image once into the
+    decoded-image cache; returns the scan, the cache and the resolved image size."""
     image_size = cfg.image_size or native_image_size(cfg.backbone)
     decoded = DecodedImages(cache_dir, decode_size_for(image_size))
     if scan is None:
@@ -327,6 +328,13 @@ def _prepare_data(cfg: TrainConfig, scan: DataScan | None, report: ProgressRepor
         for sample in [*scan.train, *scan.val]:
             decoded.check_and_fill(sample.path)
     decoded.flush()
+    return scan, decoded, image_size
+
+
+def _prepare_data(cfg: TrainConfig, scan: DataScan | None, report: ProgressReporter, cache_dir: Path,
+                  device: torch.device, precision: str) -> tuple[_Data, Path]:
+    """Scan (decoding every image once, into the cache), then create the run folder and its first files."""
+    scan, decoded, image_size = scan_and_decode(cfg, scan, cache_dir)
     out_dir = prepare_out_dir(cfg)
     for warning in scan.warnings:
         report.message(f"warning: {warning}")

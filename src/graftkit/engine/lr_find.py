@@ -87,12 +87,10 @@ def lr_range_test(cfg: TrainConfig, scan: Any = None, phase: str = "auto", start
             ``scratch``), or ``auto``: ``full`` for scratch, else ``head`` (the phase ``--lr`` sets).
     """
     from ..backbones import create_backbone
-    from ..backbones.registry import native_image_size
-    from ..data import DecodedImages, decode_size_for, scan_data
     from ..heads import Classifier
     from ..strategies import Phase, build_optimizer, set_learning_rates
     from .features import autocast_for, resolve_precision
-    from .fit import _Data, resolve_device, seed_everything
+    from .fit import _Data, resolve_device, scan_and_decode, seed_everything
     from .loop import to_device
 
     if phase not in PHASES:
@@ -109,15 +107,7 @@ def lr_range_test(cfg: TrainConfig, scan: Any = None, phase: str = "auto", start
     try:
         device = resolve_device(cfg.device)
         precision = resolve_precision(cfg.precision, device)
-        image_size = cfg.image_size or native_image_size(cfg.backbone)
-        decoded = DecodedImages(scratch_cache or cfg.cache_dir, decode_size_for(image_size))
-        if scan is None:
-            scan = scan_data(cfg.data_dir, cfg.val_fraction, cfg.resolved_split_seed, cfg.skip_bad_images,
-                             checker=decoded.check_and_fill)
-        else:
-            for sample in [*scan.train, *scan.val]:
-                decoded.check_and_fill(sample.path)
-        decoded.flush()
+        scan, decoded, image_size = scan_and_decode(cfg, scan, scratch_cache or cfg.cache_dir)
         data = _Data(cfg.replace(cache_dir=scratch_cache or cfg.cache_dir), scan, decoded, image_size, device)
         backbone = create_backbone(cfg.backbone, pretrained=cfg.pretrained and cfg.strategy != "scratch",
                                    weights=None if cfg.strategy == "scratch" else cfg.weights)
