@@ -140,10 +140,19 @@ def compare(base: TrainConfig, out_dir: str | Path, strategies: Sequence[str] = 
                    f"{len(scan.train)} train / {len(scan.val)} val images (split seed {split_seed}), "
                    f"{epochs} epochs{f' or {budget_minutes:g} min' if budget_minutes else ''} per run → {out_dir}")
 
+    plan = []
+    for strategy in strategies:
+        for seed in seeds:
+            cfg = base.replace(strategy=strategy, seed=seed, split_seed=split_seed, freeze_auto=False,
+                               out_dir=out_dir / strategy / f"seed{seed}", max_seconds=max_seconds, resume=False,
+                               weights=None if strategy == "scratch" else base.weights,
+                               **budget_fields(strategy, epochs))
+            plan.append(cfg)
     # The pretrained strategies share the frozen backbone's pooled features: compute them once, before
     # any run is timed, so the first of those runs does not pay for all the others.
     feature_cache_seconds = None
-    if base.cache and base.pretrained and {"feature-extraction", "fine-tune"} & set(strategies):
+    pending = {c.strategy for c in plan if not (c.out_dir / "metrics.json").exists()}
+    if base.cache and base.pretrained and {"feature-extraction", "fine-tune"} & pending:
         import shutil
         import tempfile
 
@@ -159,14 +168,6 @@ def compare(base: TrainConfig, out_dir: str | Path, strategies: Sequence[str] = 
         report.message(f"frozen-backbone features cached for feature-extraction and fine-tune in "
                        f"{feature_cache_seconds:.1f}s (not counted in their runs' seconds)")
 
-    plan = []
-    for strategy in strategies:
-        for seed in seeds:
-            cfg = base.replace(strategy=strategy, seed=seed, split_seed=split_seed, freeze_auto=False,
-                               out_dir=out_dir / strategy / f"seed{seed}", max_seconds=max_seconds, resume=False,
-                               weights=None if strategy == "scratch" else base.weights,
-                               **budget_fields(strategy, epochs))
-            plan.append(cfg)
     for index, cfg in enumerate(plan, 1):
         run_dir = cfg.out_dir
         label = f"[{index}/{len(plan)}] {cfg.strategy} seed {cfg.seed}"
@@ -190,6 +191,7 @@ def compare(base: TrainConfig, out_dir: str | Path, strategies: Sequence[str] = 
                        f"{measured['peak_rss_mb']:.0f} MB")
 
     runs = {s: [load_run(out_dir / s / f"seed{seed}") for seed in seeds] for s in strategies}
+    previous = json.loads((out_dir / "compare.json").read_text()) if (out_dir / "compare.json").is_file() else {}
     summary = summarize_comparison(runs)
     first = runs[strategies[0]][0]
     result = {
@@ -201,7 +203,8 @@ def compare(base: TrainConfig, out_dir: str | Path, strategies: Sequence[str] = 
         "budget": {"epochs": epochs, "minutes": budget_minutes,
                    "fine_tune_head_epochs": budget_fields("fine-tune", epochs)["head_epochs"] if epochs >= 2 else None,
                    "fine_tune_finetune_epochs": budget_fields("fine-tune", epochs)["finetune_epochs"] if epochs >= 2 else None},
-        "feature_cache_seconds": feature_cache_seconds,
+        "feature_cache_seconds": feature_cache_seconds if feature_cache_seconds is not None else previous.get(
+            "feature_cache_seconds"),
         **summary, "graftkit_version": __version__, "written": datetime.now().isoformat(timespec="seconds"),
     }
     atomic_write_text(out_dir / "compare.json", json.dumps(result, indent=2))
