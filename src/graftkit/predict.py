@@ -9,7 +9,8 @@ import numpy as np
 import torch
 from torch.utils.data import DataLoader, Dataset
 
-from .data import IMAGE_EXTENSIONS, build_eval_transform, check_image, decode_square, scan_data
+from .data import IMAGE_EXTENSIONS, build_eval_transform, decode_square, scan_data
+from .data.scan import DECODE_ERRORS, describe_image_error
 from .data.scan import _walk_files
 from .engine.checkpoint import load_model
 from .engine.features import autocast_for
@@ -91,23 +92,43 @@ class ImageClassifier:
                                        channels_last=True, autocast=self.autocast)
         return logits.softmax(1).numpy()
 
+    def _proba_squares(self, squares: Sequence[np.ndarray]) -> np.ndarray:
+        """Probabilities for decoded ``(S, S, 3)`` uint8 squares, in order."""
+        tensors = torch.stack([self.transform(torch.from_numpy(q).permute(2, 0, 1)) for q in squares])
+        batches = [(tensors[i:i + eval_batch_size(self.device)], torch.zeros(0))
+                   for i in range(0, len(tensors), eval_batch_size(self.device))]
+        self.model.eval()
+        with fold_frozen_batchnorm(self.model, enabled=bool(self.meta.get("fold_bn", False))):
+            logits, _ = predict_logits(self.model, batches, self.device, channels_last=True,
+                                       autocast=self.autocast)
+        return logits.softmax(1).numpy()
+
     def predict(self, paths: Sequence[str | Path] | str | Path, top_k: int = 1,
                 on_skip=None) -> list[Prediction]:
         """Top-k classes for every image under ``paths`` (files or folders). Unreadable files are
         skipped and reported through ``on_skip(path, reason)``."""
         if isinstance(paths, (str, Path)):
             paths = [paths]
-        files, good = expand_image_paths(paths), []
-        for f in files:
-            reason = check_image(f, None)
-            if reason is None:
-                good.append(f)
-            elif on_skip is not None:
-                on_skip(f, reason)
+        size = int(self.meta["preprocessing"]["resize"])
+        good, chunks = [], []
+        files = expand_image_paths(paths)
+        # Decode each file once: the squares that decode are the ones predicted (chunks bound memory;
+        # their size is a multiple of the batch size, so batches match `graft evaluate`'s).
+        for start in range(0, len(files), 256):
+            squares = []
+            for f in files[start:start + 256]:
+                try:
+                    squares.append(decode_square(Path(f).read_bytes(), size))
+                    good.append(f)
+                except DECODE_ERRORS as exc:
+                    if on_skip is not None:
+                        on_skip(f, describe_image_error(exc))
+            if squares:
+                chunks.append(self._proba_squares(squares))
         if not good:
             raise DataError(f"no readable images in {', '.join(map(str, paths))}. "
                             f"Pass image files or folders holding them.")
-        probs = self.predict_proba(good)
+        probs = np.concatenate(chunks)
         k = max(1, min(top_k, len(self.classes)))
         order = np.argsort(-probs, axis=1)[:, :k]
         return [Prediction(f, [(self.classes[j], float(p[j])) for j in idx])
