@@ -32,7 +32,7 @@ def raw_train_throughput(batch_size: int, fold: bool, steps: int = 8) -> float:
     model = Classifier(create_backbone("efficientnet_lite0"), 2).to(memory_format=torch.channels_last)
     model.set_trainable([True] * model.backbone.num_stages, train_bn=False)
     model.train()
-    optimizer = torch.optim.AdamW(model.parameters(), 1e-5)
+    optimizer = torch.optim.AdamW(model.parameters(), 1e-5, fused=True)
     x = torch.randn(batch_size, 3, 224, 224).to(memory_format=torch.channels_last)
     y = torch.randint(0, 2, (batch_size,))
     times = []
@@ -52,18 +52,25 @@ def main() -> None:
     parser = argparse.ArgumentParser()
     parser.add_argument("--data", default="hymenoptera")
     parser.add_argument("--epochs", type=int, default=2)
+    parser.add_argument("--batch-size", type=int, default=None, help="default: graftkit's default")
     args = parser.parse_args()
     import torch
 
     from graftkit import TrainConfig, fit
 
+    from graftkit.engine.hardware import tune_cpu_allocator
+
+    tune_cpu_allocator()  # the raw steps run with the process settings graftkit itself uses
     peak = matmul_peak_gflops()
-    raw_eager = raw_train_throughput(16, fold=False)
-    raw = raw_train_throughput(16, fold=True)
+    from graftkit.engine.fit import train_batch_size
+
+    batch = train_batch_size(TrainConfig(data_dir=".", batch_size=args.batch_size), torch.device("cpu"))
+    raw_eager = raw_train_throughput(batch, fold=False)
+    raw = raw_train_throughput(batch, fold=True)
     work = fresh_dir("p2")
     run = fit(TrainConfig(data_dir=dataset(args.data), strategy="fine-tune", head_epochs=0,
                           finetune_epochs=args.epochs, out_dir=work / "run", cache_dir=work / "cache",
-                          progress="none"))
+                          batch_size=args.batch_size, progress="none"))
     rows = [r for r in run.history if r["phase"] == "finetune"]
     graft_train = sorted(r["train_images_per_second"] for r in rows)[len(rows) // 2]
     num_train, num_val = run.metrics["num_train"], run.metrics["num_val"]

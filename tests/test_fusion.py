@@ -4,6 +4,7 @@ import pytest
 import torch
 
 from graftkit import create_backbone
+from graftkit.engine import fusion
 from graftkit.engine.fusion import fold_frozen_batchnorm
 from graftkit.heads import Classifier
 
@@ -18,20 +19,31 @@ def _randomise_bn(model):
             module.bias.data.uniform_(-0.1, 0.1)
 
 
-@pytest.mark.parametrize("name, size", [("tiny_cnn", 32), ("efficientnet_lite0", 64)])
-def test_folding_keeps_outputs_and_gradients(name, size):
+@pytest.mark.parametrize("name, size, channels_last", [
+    ("tiny_cnn", 32, False), ("efficientnet_lite0", 64, False),
+    ("efficientnet_lite0", 64, True),  # asymmetric "same" padding at every stride-2 conv
+    ("efficientnet_lite0", 67, True),  # odd sizes: symmetric padding at some of them
+])
+def test_folding_keeps_outputs_and_gradients(name, size, channels_last, monkeypatch):
     torch.manual_seed(0)
-    model = Classifier(create_backbone(name, pretrained=False), 3).eval()
+    fmt = torch.channels_last if channels_last else torch.contiguous_format
+    model = Classifier(create_backbone(name, pretrained=False), 3).eval().to(memory_format=fmt)
     _randomise_bn(model)
-    x = torch.randn(2, 3, size, size)
+    x = torch.randn(2, 3, size, size).to(memory_format=fmt)
     reference = model(x)
     reference.sum().backward()
     grads = {n: p.grad.clone() for n, p in model.named_parameters()}
     model.zero_grad()
+    fused_pads = []
+    real_apply = fusion._ClampPad.apply
+    monkeypatch.setattr(fusion._ClampPad, "apply", lambda *a: fused_pads.append(a[3:]) or real_apply(*a))
     with fold_frozen_batchnorm(model) as count:
         folded = model(x)
         folded.sum().backward()
     assert count > 0
+    if name == "efficientnet_lite0":  # ReLU6 + the next stride-2 conv's padding, in one op
+        assert len(fused_pads) == 4  # the four stride-2 depthwise convs
+        assert (1, 1, 1, 1) in fused_pads if size == 67 else (0, 1, 0, 1) in fused_pads
     torch.testing.assert_close(folded, reference, atol=1e-4, rtol=1e-4)
     for n, p in model.named_parameters():
         scale = grads[n].abs().max().item() + 1e-12

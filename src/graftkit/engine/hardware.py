@@ -1,0 +1,40 @@
+"""Process-level CPU settings that make PyTorch's training step cheaper.
+
+PyTorch allocates every activation map with ``malloc``. glibc serves blocks above a (dynamic,
+at most 32 MiB) threshold with a fresh ``mmap`` and returns them to the system on ``free``, so every
+step pays page faults to zero ~300 MB of fresh pages again (EfficientNet-Lite0, batch 16, 224 px:
+~70,000 faults per step). Raising the thresholds keeps those pages in the heap for reuse:
+measured on 2 cores, the train step gets ~1.1x faster and the forward pass ~1.7x (BENCHMARKS.md).
+The cost: the process keeps its peak heap until it exits instead of shrinking after each step.
+
+Set ``GRAFTKIT_MALLOC=default`` to leave the allocator alone.
+"""
+from __future__ import annotations
+
+import ctypes
+import ctypes.util
+import os
+import sys
+
+_M_TRIM_THRESHOLD = -1
+_M_MMAP_THRESHOLD = -3
+_tuned: bool | None = None
+
+
+def tune_cpu_allocator() -> bool:
+    """Keep large freed blocks in glibc's heap (Linux only; idempotent). True if it took effect."""
+    global _tuned
+    if _tuned is not None:
+        return _tuned
+    _tuned = False
+    if not sys.platform.startswith("linux") or os.environ.get("GRAFTKIT_MALLOC", "") == "default":
+        return False
+    try:
+        libc = ctypes.CDLL(ctypes.util.find_library("c") or "libc.so.6")
+        mallopt = libc.mallopt
+    except (OSError, AttributeError):  # musl and other libcs: nothing to tune
+        return False
+    mallopt.argtypes, mallopt.restype = [ctypes.c_int, ctypes.c_int], ctypes.c_int
+    # 1 GiB: blocks of any activation size come from the heap; trim only above 2 GiB of free top.
+    _tuned = bool(mallopt(_M_MMAP_THRESHOLD, 1 << 30)) and bool(mallopt(_M_TRIM_THRESHOLD, (1 << 31) - 1))
+    return _tuned
