@@ -7,11 +7,11 @@ BatchNorm's affine parameters through it (about 1.4x faster fine-tuning of Effic
 CPU). The module tree and state dict are untouched: only the instances' ``forward`` is swapped, and
 restored on exit.
 
-Two more things make the same training step cheaper on a CPU (measured in BENCHMARKS.md, P5):
-TF-"same" padding of strided convs writes only the pad border instead of zero-filling a whole padded
-copy, and its backward hands the gradient on as a view instead of copying it out; the activation
-after a folded BatchNorm runs out of place (an in-place ReLU6 costs a hidden copy of every activation
-map under autograd).
+Two more things make the same step cheaper on a CPU (measured in BENCHMARKS.md, P5): a ReLU/ReLU6
+after a folded BatchNorm runs inside the convolution's oneDNN kernel (no separate pass over the
+activation map; timm's in-place ReLU6 also costs a hidden copy under autograd), and TF-"same"
+padding of strided convs writes only the pad border instead of zero-filling a padded copy, its
+backward handing the gradient on as a view.
 """
 from __future__ import annotations
 
@@ -66,82 +66,91 @@ def same_pad_amounts(size: tuple[int, int], kernel: tuple[int, int], stride: tup
     return tuple(amounts)
 
 
-def _bordered(x: torch.Tensor, top: int, bottom: int, left: int, right: int) -> tuple[torch.Tensor, torch.Tensor]:
-    """An uninitialised padded buffer in ``x``'s memory format with its border zeroed, and its interior."""
-    n, c, h, w = x.shape
-    fmt = torch.channels_last if x.is_contiguous(memory_format=torch.channels_last) else torch.contiguous_format
-    out = torch.empty((n, c, h + top + bottom, w + left + right), dtype=x.dtype, device=x.device, memory_format=fmt)
-    out[:, :, :top].zero_()
-    out[:, :, top + h:].zero_()
-    out[:, :, top:top + h, :left].zero_()
-    out[:, :, top:top + h, left + w:].zero_()
-    return out, out[:, :, top:top + h, left:left + w]
-
-
-def _interior(t: torch.Tensor, box: tuple[int, int, int, int]) -> torch.Tensor:
-    top, h, left, w = box
-    return t[:, :, top:top + h, left:left + w]
-
-
 class _PadBorder(torch.autograd.Function):
     """Zero padding that writes the interior once and zeroes only the border; backward is a view."""
 
     @staticmethod
     def forward(ctx, x: torch.Tensor, top: int, bottom: int, left: int, right: int) -> torch.Tensor:
-        out, inside = _bordered(x, top, bottom, left, right)
-        inside.copy_(x)
-        ctx.box = (top, x.shape[2], left, x.shape[3])
+        n, c, h, w = x.shape
+        fmt = torch.channels_last if x.is_contiguous(memory_format=torch.channels_last) else torch.contiguous_format
+        out = torch.empty((n, c, h + top + bottom, w + left + right), dtype=x.dtype, device=x.device,
+                          memory_format=fmt)
+        out[:, :, top:top + h, left:left + w].copy_(x)
+        out[:, :, :top].zero_()
+        out[:, :, top + h:].zero_()
+        out[:, :, top:top + h, :left].zero_()
+        out[:, :, top:top + h, left + w:].zero_()
+        ctx.box = (top, h, left, w)
         return out
 
     @staticmethod
     def backward(ctx, grad: torch.Tensor):
-        return _interior(grad, ctx.box), None, None, None, None
+        top, h, left, w = ctx.box
+        return grad[:, :, top:top + h, left:left + w], None, None, None, None
 
 
-class _ClampPad(torch.autograd.Function):
-    """``clamp(x, low, high)`` (ReLU, ReLU6) written straight into a zero-bordered buffer: the
-    activation and the next convolution's padding in one pass over the activation map."""
+class _ConvClamp(torch.autograd.Function):
+    """``clamp(conv2d(x, w, b), low, high)`` as one oneDNN kernel (the activation applied as the
+    convolution writes its output: no separate pass over the map); backward is the clamp's mask,
+    then the usual convolution backward."""
 
     @staticmethod
-    def forward(ctx, x: torch.Tensor, low: float, high: float, top: int, bottom: int, left: int,
-                right: int) -> torch.Tensor:
-        out, inside = _bordered(x, top, bottom, left, right)
-        torch.clamp(x, low, high, out=inside)
-        ctx.box, ctx.bounds = (top, x.shape[2], left, x.shape[3]), (low, high)
-        ctx.save_for_backward(out)
+    def forward(ctx, x, weight, bias, stride, padding, dilation, groups, low, high):
+        attr, scalars = ("relu", []) if high == math.inf else ("hardtanh", [low, high])
+        out = torch.ops.mkldnn._convolution_pointwise(x, weight, bias, list(padding), list(stride),
+                                                     list(dilation), groups, attr, scalars, "")
+        ctx.save_for_backward(x, weight, out)
+        ctx.conv = (list(stride), list(padding), list(dilation), groups)
+        ctx.bounds, ctx.has_bias = (low, high), bias is not None
         return out
 
     @staticmethod
-    def backward(ctx, grad: torch.Tensor):
-        (out,) = ctx.saved_tensors
-        # the clamp's output is inside (low, high) exactly where its input was: the same mask
-        grad_x = torch.ops.aten.hardtanh_backward(_interior(grad, ctx.box), _interior(out, ctx.box), *ctx.bounds)
-        return grad_x, None, None, None, None, None, None
+    def backward(ctx, grad):
+        x, weight, out = ctx.saved_tensors
+        stride, padding, dilation, groups = ctx.conv
+        grad = torch.ops.aten.hardtanh_backward(grad, out, *ctx.bounds)
+        mask = [ctx.needs_input_grad[0], ctx.needs_input_grad[1], ctx.has_bias and ctx.needs_input_grad[2]]
+        grads = torch.ops.aten.convolution_backward(grad, x, weight, [weight.shape[0]] if ctx.has_bias else None,
+                                                    stride, padding, dilation, False, [0, 0], groups, mask)
+        return (*grads, None, None, None, None, None, None)
 
 
-def conv2d_same(x: torch.Tensor, weight: torch.Tensor, bias: torch.Tensor | None, stride, dilation,
-                groups: int) -> torch.Tensor:
-    """TF-"same" convolution: the symmetric part of the padding inside the conv, the rest by _PadBorder."""
-    top, bottom, left, right = same_pad_amounts(tuple(x.shape[-2:]), tuple(weight.shape[-2:]), stride, dilation)
-    sym_h, sym_w = min(top, bottom), min(left, right)
-    if (top, bottom, left, right) != (sym_h, sym_h, sym_w, sym_w):
-        x = _PadBorder.apply(x, top - sym_h, bottom - sym_h, left - sym_w, right - sym_w)
-    return F.conv2d(x, weight, bias, stride, (sym_h, sym_w), dilation, groups)
+def _can_fuse_conv_clamp(x: torch.Tensor) -> bool:
+    return (x.device.type == "cpu" and x.dtype == torch.float32 and x.dim() == 4
+            and torch.backends.mkldnn.is_available() and torch.backends.mkldnn.enabled
+            and not torch.is_autocast_enabled("cpu"))
 
 
-def _folded_conv_forward(conv: nn.Module, bn: nn.BatchNorm2d, padded: bool = False):
-    """``bn(conv(x))`` as one conv; ``padded``: the input already carries the "same" padding."""
+def conv2d_clamp(x, weight, bias, stride, padding, dilation, groups, bounds):
+    """``conv2d`` then ``clamp`` to ``bounds``, as one kernel where oneDNN can do it."""
+    if _can_fuse_conv_clamp(x) and not isinstance(padding, str):
+        return _ConvClamp.apply(x, weight, bias, tuple(stride), tuple(padding), tuple(dilation), groups, *bounds)
+    out = F.conv2d(x, weight, bias, stride, padding, dilation, groups)
+    return F.relu(out) if bounds[1] == math.inf else F.hardtanh(out, *bounds)
+
+
+def _folded_conv_forward(conv: nn.Module, bn: nn.BatchNorm2d, clamp: tuple[float, float] | None = None):
+    """``bn(conv(x))`` as one conv; ``clamp``: the BatchNorm's activation (ReLU/ReLU6) is applied
+    here too, in the same kernel."""
     kind = _conv_kind(conv)
 
     def forward(x: torch.Tensor) -> torch.Tensor:
         scale = bn.weight * torch.rsqrt(bn.running_var + bn.eps)
         weight = conv.weight * scale.reshape(-1, 1, 1, 1)
         bias = bn.bias - bn.running_mean * scale
-        if kind == "conv2d":
+        if kind == "conv2d" and conv.padding_mode != "zeros":
             return conv._conv_forward(x, weight, bias)
-        if padded:
-            return F.conv2d(x, weight, bias, conv.stride, 0, conv.dilation, conv.groups)
-        return conv2d_same(x, weight, bias, conv.stride, conv.dilation, conv.groups)
+        padding = conv.padding if kind == "conv2d" else (0, 0)
+        if kind == "same":
+            top, bottom, left, right = same_pad_amounts(tuple(x.shape[-2:]), conv.kernel_size, conv.stride,
+                                                        conv.dilation)
+            padding = (min(top, bottom), min(left, right))
+            if (top, bottom, left, right) != (padding[0], padding[0], padding[1], padding[1]):
+                x = _PadBorder.apply(x, top - padding[0], bottom - padding[0], left - padding[1],
+                                     right - padding[1])
+        if clamp is not None:
+            return conv2d_clamp(x, weight, bias, conv.stride, padding, conv.dilation, conv.groups, clamp)
+        return F.conv2d(x, weight, bias, conv.stride, padding, conv.dilation, conv.groups)
 
     return forward
 
@@ -153,18 +162,10 @@ def _clamp_bounds(bn: nn.Module) -> tuple[float, float] | None:
     return {nn.ReLU6: (0.0, 6.0), nn.ReLU: (0.0, math.inf)}.get(type(bn.act))
 
 
-def _bn_without_norm(bn: nn.Module, next_conv: nn.Module | None = None):
-    """What is left of a folded BatchNorm: nothing, or its activation (out of place: an in-place
-    ReLU6 costs a hidden copy of the activation map under autograd). With ``next_conv``, a "same"
-    conv the output feeds, the activation also writes that conv's padding."""
+def _bn_without_norm(bn: nn.Module):
+    """What is left of a folded BatchNorm that keeps its own activation: that activation."""
     if _bn_kind(bn) == "bn":
         return lambda x: x
-    bounds = _clamp_bounds(bn)
-    if next_conv is not None and bounds is not None:
-        kernel, stride, dilation = next_conv.kernel_size, next_conv.stride, next_conv.dilation
-        return lambda x: _ClampPad.apply(x, *bounds, *same_pad_amounts(tuple(x.shape[-2:]), kernel, stride, dilation))
-    if bounds is not None:
-        return (lambda x: F.hardtanh(x, 0.0, 6.0)) if bounds[1] == 6.0 else F.relu
     return lambda x: bn.act(bn.drop(x))  # BatchNormAct2d: norm, then drop, then act
 
 
@@ -175,17 +176,10 @@ def fold_frozen_batchnorm(model: nn.Module, enabled: bool = True) -> Iterator[in
     Yields the number of folded pairs. Set the model's train/eval mode before entering.
     """
     pairs = foldable_pairs(model) if enabled else []
-    folded_convs = {id(conv) for conv, _ in pairs}
-    feeds: dict[int, nn.Module] = {}  # id(bn) -> the "same" conv right after it, also folded
-    for module in model.modules() if pairs else []:
-        children = list(module.children())
-        for bn, conv in zip(children, children[1:]):
-            if id(conv) in folded_convs and _conv_kind(conv) == "same" and _clamp_bounds(bn) is not None:
-                feeds[id(bn)] = conv
-    prepadded = {id(conv) for conv in feeds.values()}
     for conv, bn in pairs:
-        conv.forward = _folded_conv_forward(conv, bn, padded=id(conv) in prepadded)
-        bn.forward = _bn_without_norm(bn, feeds.get(id(bn)))
+        clamp = _clamp_bounds(bn)
+        conv.forward = _folded_conv_forward(conv, bn, clamp)
+        bn.forward = (lambda x: x) if clamp is not None else _bn_without_norm(bn)
     try:
         yield len(pairs)
     finally:
