@@ -61,3 +61,19 @@ def test_batchnorm_in_training_mode_is_not_folded():
     model.set_trainable([False, False, True, True], train_bn=True)
     with fold_frozen_batchnorm(model) as count:
         assert count == 2  # the two frozen stages
+
+
+def test_without_onednn_the_activation_runs_separately(monkeypatch):
+    torch.manual_seed(0)
+    model = Classifier(create_backbone("efficientnet_lite0", pretrained=False), 3).eval()
+    _randomise_bn(model)
+    x = torch.randn(2, 3, 32, 32)
+    calls = []
+    real = fusion._ConvClamp.apply
+    monkeypatch.setattr(fusion._ConvClamp, "apply", lambda *a: calls.append(1) or real(*a))
+    with torch.backends.mkldnn.flags(enabled=False):
+        reference = model(x)
+        with fold_frozen_batchnorm(model):
+            folded = model(x)
+    assert not calls
+    torch.testing.assert_close(folded, reference, atol=1e-4, rtol=1e-4)

@@ -16,6 +16,7 @@ backward handing the gradient on as a view.
 from __future__ import annotations
 
 import contextlib
+import functools
 import math
 from typing import Iterator
 
@@ -115,10 +116,18 @@ class _ConvClamp(torch.autograd.Function):
         return (*grads, None, None, None, None, None, None)
 
 
+@functools.cache
+def _has_fused_conv_op() -> bool:
+    """oneDNN's conv + pointwise op (a private op inductor uses); absent from some builds."""
+    try:
+        return torch.backends.mkldnn.is_available() and hasattr(torch.ops.mkldnn, "_convolution_pointwise")
+    except (AttributeError, RuntimeError):  # pragma: no cover - builds without the mkldnn namespace
+        return False
+
+
 def _can_fuse_conv_clamp(x: torch.Tensor) -> bool:
-    return (x.device.type == "cpu" and x.dtype == torch.float32 and x.dim() == 4
-            and torch.backends.mkldnn.is_available() and torch.backends.mkldnn.enabled
-            and not torch.is_autocast_enabled("cpu"))
+    return (x.device.type == "cpu" and x.dtype == torch.float32 and x.dim() == 4 and _has_fused_conv_op()
+            and torch.backends.mkldnn.enabled and not torch.is_autocast_enabled("cpu"))
 
 
 def conv2d_clamp(x, weight, bias, stride, padding, dilation, groups, bounds):
