@@ -77,3 +77,26 @@ def test_without_onednn_the_activation_runs_separately(monkeypatch):
             folded = model(x)
     assert not calls
     torch.testing.assert_close(folded, reference, atol=1e-4, rtol=1e-4)
+
+
+@pytest.mark.parametrize("act", [torch.nn.ReLU, torch.nn.ReLU6])
+def test_fused_conv_activation_matches_for_relu_and_relu6(act):
+    from timm.layers.norm_act import BatchNormAct2d
+
+    torch.manual_seed(0)
+    block = torch.nn.Sequential(torch.nn.Conv2d(3, 8, 3, padding=1, bias=False),
+                                BatchNormAct2d(8, act_layer=act, act_kwargs={"inplace": True})).eval()
+    _randomise_bn(block)
+    x = torch.randn(2, 3, 9, 9).to(memory_format=torch.channels_last) * 4  # values on both sides of 0 and 6
+    reference = block(x)
+    reference.square().sum().backward()
+    grads = [p.grad.clone() for p in block.parameters()]
+    block.zero_grad()
+    with fold_frozen_batchnorm(block) as count:
+        folded = block(x)
+        folded.square().sum().backward()
+    assert count == 1 and (reference == 0).any()
+    assert act is torch.nn.ReLU or (reference == 6).any()  # both ends of ReLU6 are exercised
+    torch.testing.assert_close(folded, reference, atol=1e-5, rtol=1e-5)
+    for got, want in zip((p.grad for p in block.parameters()), grads):
+        torch.testing.assert_close(got, want, atol=1e-4, rtol=1e-4)
