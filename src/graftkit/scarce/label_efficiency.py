@@ -8,7 +8,6 @@ frozen phase on cached features.
 from __future__ import annotations
 
 import json
-import math
 import tempfile
 import time
 from pathlib import Path
@@ -18,6 +17,7 @@ from ..config import TrainConfig
 from ..data import scan_data
 from ..engine import fit
 from ..errors import ConfigError
+from ..report.summary import mean_interval as summary_mean_interval
 from .subsample import subsample
 
 # A short budget that fits dtd10 (960 train images, 10 classes) x 4 sizes x 3 seeds in well under
@@ -27,16 +27,11 @@ DEFAULT_BUDGET = {"strategy": "fine-tune", "head_epochs": 30, "finetune_epochs":
 
 
 def mean_interval(values: Sequence[float], confidence: float = 0.95) -> dict[str, Any]:
-    """Mean, sample standard deviation and the Student-t interval of the mean."""
-    n = len(values)
-    mean = sum(values) / n
-    if n < 2:
-        return {"mean": mean, "std": None, "ci95": None, "half_width": None, "n": n}
-    from scipy.stats import t
-
-    std = math.sqrt(sum((v - mean) ** 2 for v in values) / (n - 1))
-    half = float(t.ppf(0.5 + confidence / 2, n - 1)) * std / math.sqrt(n)
-    return {"mean": mean, "std": std, "ci95": [mean - half, mean + half], "half_width": half, "n": n}
+    """Mean, sample standard deviation and the Student-t interval of the mean, under the key names
+    of ``label_efficiency.json`` (the computation is the reports' ``summary.mean_interval``)."""
+    stats = summary_mean_interval(values, confidence)
+    return {"mean": stats["mean"], "std": stats["sd"], "ci95": stats["interval"],
+            "half_width": stats.get("half_width"), "n": stats["n"]}
 
 
 def label_efficiency(cfg: TrainConfig, sizes: Sequence[int | None], seeds: int, out_dir: str | Path,
