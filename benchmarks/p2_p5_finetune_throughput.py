@@ -57,13 +57,11 @@ def main() -> None:
     import torch
 
     from graftkit import TrainConfig, fit
-
+    from graftkit.engine.fit import train_batch_size
     from graftkit.engine.hardware import tune_cpu_allocator
 
     tune_cpu_allocator()  # the raw steps run with the process settings graftkit itself uses
     peak = matmul_peak_gflops()
-    from graftkit.engine.fit import train_batch_size
-
     batch = train_batch_size(TrainConfig(data_dir=".", batch_size=args.batch_size), torch.device("cpu"))
     raw_eager = raw_train_throughput(batch, fold=False)
     raw = raw_train_throughput(batch, fold=True)

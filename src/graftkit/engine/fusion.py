@@ -22,6 +22,7 @@ from typing import Iterator
 
 import torch
 import torch.nn.functional as F
+from timm.layers.padding import pad_same_arg
 from torch import nn
 
 
@@ -55,16 +56,6 @@ def foldable_pairs(model: nn.Module) -> list[tuple[nn.Module, nn.Module]]:
                     and conv.bias is None and "forward" not in vars(conv) and "forward" not in vars(bn)):
                 pairs.append((conv, bn))
     return pairs
-
-
-def same_pad_amounts(size: tuple[int, int], kernel: tuple[int, int], stride: tuple[int, int],
-                     dilation: tuple[int, int]) -> tuple[int, int, int, int]:
-    """(top, bottom, left, right) zero padding of TensorFlow's "SAME" convolution."""
-    amounts = []
-    for length, k, s, d in zip(size, kernel, stride, dilation):
-        total = max((-(-length // s) - 1) * s + (k - 1) * d + 1 - length, 0)
-        amounts += [total // 2, total - total // 2]
-    return tuple(amounts)
 
 
 class _PadBorder(torch.autograd.Function):
@@ -125,14 +116,14 @@ def _has_fused_conv_op() -> bool:
         return False
 
 
-def _can_fuse_conv_clamp(x: torch.Tensor) -> bool:
-    return (x.device.type == "cpu" and x.dtype == torch.float32 and x.dim() == 4 and _has_fused_conv_op()
-            and torch.backends.mkldnn.enabled and not torch.is_autocast_enabled("cpu"))
+def _can_fuse_conv_clamp(x: torch.Tensor, padding) -> bool:
+    return (x.device.type == "cpu" and x.dtype == torch.float32 and x.dim() == 4 and not isinstance(padding, str)
+            and _has_fused_conv_op() and torch.backends.mkldnn.enabled and not torch.is_autocast_enabled("cpu"))
 
 
 def conv2d_clamp(x, weight, bias, stride, padding, dilation, groups, bounds):
     """``conv2d`` then ``clamp`` to ``bounds``, as one kernel where oneDNN can do it."""
-    if _can_fuse_conv_clamp(x) and not isinstance(padding, str):
+    if _can_fuse_conv_clamp(x, padding):
         return _ConvClamp.apply(x, weight, bias, tuple(stride), tuple(padding), tuple(dilation), groups, *bounds)
     out = F.conv2d(x, weight, bias, stride, padding, dilation, groups)
     return F.relu(out) if bounds[1] == math.inf else F.hardtanh(out, *bounds)
@@ -151,8 +142,8 @@ def _folded_conv_forward(conv: nn.Module, bn: nn.BatchNorm2d, clamp: tuple[float
             return conv._conv_forward(x, weight, bias)
         padding = conv.padding if kind == "conv2d" else (0, 0)
         if kind == "same":
-            top, bottom, left, right = same_pad_amounts(tuple(x.shape[-2:]), conv.kernel_size, conv.stride,
-                                                        conv.dilation)
+            left, right, top, bottom = pad_same_arg(list(x.shape[-2:]), conv.kernel_size, conv.stride,
+                                                    conv.dilation)
             padding = (min(top, bottom), min(left, right))
             if (top, bottom, left, right) != (padding[0], padding[0], padding[1], padding[1]):
                 x = _PadBorder.apply(x, top - padding[0], bottom - padding[0], left - padding[1],
@@ -171,9 +162,9 @@ def _clamp_bounds(bn: nn.Module) -> tuple[float, float] | None:
     return {nn.ReLU6: (0.0, 6.0), nn.ReLU: (0.0, math.inf)}.get(type(bn.act))
 
 
-def _bn_without_norm(bn: nn.Module):
-    """What is left of a folded BatchNorm that keeps its own activation: that activation."""
-    if _bn_kind(bn) == "bn":
+def _bn_without_norm(bn: nn.Module, act_in_conv: bool):
+    """What is left of a folded BatchNorm: nothing, or its activation unless the conv applies it."""
+    if _bn_kind(bn) == "bn" or act_in_conv:
         return lambda x: x
     return lambda x: bn.act(bn.drop(x))  # BatchNormAct2d: norm, then drop, then act
 
@@ -188,7 +179,7 @@ def fold_frozen_batchnorm(model: nn.Module, enabled: bool = True) -> Iterator[in
     for conv, bn in pairs:
         clamp = _clamp_bounds(bn)
         conv.forward = _folded_conv_forward(conv, bn, clamp)
-        bn.forward = (lambda x: x) if clamp is not None else _bn_without_norm(bn)
+        bn.forward = _bn_without_norm(bn, act_in_conv=clamp is not None)
     try:
         yield len(pairs)
     finally:

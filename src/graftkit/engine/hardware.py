@@ -13,20 +13,17 @@ from __future__ import annotations
 
 import ctypes
 import ctypes.util
+import functools
 import os
 import sys
 
 _M_TRIM_THRESHOLD = -1
 _M_MMAP_THRESHOLD = -3
-_tuned: bool | None = None
 
 
+@functools.cache
 def tune_cpu_allocator() -> bool:
-    """Keep large freed blocks in glibc's heap (Linux only; idempotent). True if it took effect."""
-    global _tuned
-    if _tuned is not None:
-        return _tuned
-    _tuned = False
+    """Keep large freed blocks in glibc's heap (Linux only; once per process). True if it took effect."""
     if not sys.platform.startswith("linux") or os.environ.get("GRAFTKIT_MALLOC", "") == "default":
         return False
     try:
@@ -36,5 +33,4 @@ def tune_cpu_allocator() -> bool:
         return False
     mallopt.argtypes, mallopt.restype = [ctypes.c_int, ctypes.c_int], ctypes.c_int
     # 1 GiB: blocks of any activation size come from the heap; trim only above 2 GiB of free top.
-    _tuned = bool(mallopt(_M_MMAP_THRESHOLD, 1 << 30)) and bool(mallopt(_M_TRIM_THRESHOLD, (1 << 31) - 1))
-    return _tuned
+    return bool(mallopt(_M_MMAP_THRESHOLD, 1 << 30)) and bool(mallopt(_M_TRIM_THRESHOLD, (1 << 31) - 1))

@@ -11,9 +11,8 @@ def build_optimizer(model: Classifier, weight_decay: float) -> torch.optim.AdamW
     groups = [{"params": list(stage.parameters()), "lr": 0.0, "name": f"stage{i}"}
               for i, stage in enumerate(model.backbone.stages)]
     groups.append({"params": list(model.head.parameters()), "lr": 0.0, "name": "head"})
-    params = [p for group in groups for p in group["params"]]
     # The fused kernel (CPU and CUDA) does one pass per tensor instead of a dozen: ~2 % of a step.
-    fused = all(p.is_floating_point() and p.device.type in ("cpu", "cuda") for p in params)
+    fused = all(p.is_floating_point() and p.device.type in ("cpu", "cuda") for p in model.parameters())
     return torch.optim.AdamW(groups, lr=0.0, weight_decay=weight_decay, fused=fused or None)
 
 
