@@ -58,7 +58,7 @@ def main() -> None:
 
     from graftkit import TrainConfig, fit
     from graftkit.engine.fit import train_batch_size
-    from graftkit.engine.hardware import tune_cpu_allocator
+    from graftkit.hardware import tune_cpu_allocator
 
     tune_cpu_allocator()  # the raw steps run with the process settings graftkit itself uses
     peak = matmul_peak_gflops()

@@ -22,7 +22,7 @@ from pathlib import Path
 sys.path.insert(0, str(Path(__file__).resolve().parents[1] / "src"))
 from common import dataset, fresh_dir, graft, read_metrics, run_timed, table  # noqa: E402
 
-from graftkit.scarce import mean_interval  # noqa: E402
+from graftkit.workflows.label_efficiency import mean_interval  # noqa: E402
 
 
 def main() -> None:

@@ -7,7 +7,7 @@ from types import SimpleNamespace
 import pytest
 
 from graftkit import ConfigError, TrainConfig, fit
-from graftkit.strategies.auto_freeze import (candidate_depths, depth_label, fit_auto_freeze, pick_depth)
+from graftkit.workflows.freeze_auto import (candidate_depths, depth_label, fit_auto_freeze, pick_depth)
 
 from .conftest import TINY, run_graft
 

@@ -7,7 +7,7 @@ import json
 import pytest
 
 from graftkit import ConfigError, TrainConfig, fit
-from graftkit.compare import budget_fields, compare
+from graftkit.workflows.compare import budget_fields, compare
 from graftkit.report import write_report
 
 from .conftest import TINY, run_graft

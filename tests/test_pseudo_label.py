@@ -9,8 +9,8 @@ import pytest
 
 from graftkit import ConfigError, TrainConfig
 from graftkit.data import scan_data
-from graftkit.semi import (PseudoLabelConfig, class_caps, pseudo_label, select_pseudo_labels,
-                           train_with_pseudo_labels, with_extra_train)
+from graftkit.semi import class_caps, pseudo_label, select_pseudo_labels, with_extra_train
+from graftkit.workflows.self_training import PseudoLabelConfig, train_with_pseudo_labels
 from graftkit.semi.pseudo_label import PseudoLabel
 
 from .conftest import TINY, invoke_graft, run_graft, write_color_images

@@ -7,7 +7,8 @@ import pytest
 
 from graftkit import ConfigError, TrainConfig
 from graftkit.data import scan_data
-from graftkit.scarce import label_efficiency, mean_interval, parse_per_class, subsample
+from graftkit.scarce import parse_per_class, subsample
+from graftkit.workflows.label_efficiency import label_efficiency, mean_interval
 
 from .conftest import TINY, invoke_graft
 

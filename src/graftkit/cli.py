@@ -279,7 +279,7 @@ def compare(
     plain: bool = typer.Option(False, help="One line per epoch, no progress bar."),
 ) -> None:
     """Scratch vs feature extraction vs fine-tuning: same data, split and budget; several seeds."""
-    from .compare import compare as run_compare
+    from .workflows.compare import compare as run_compare
 
     names = [s.strip() for s in strategies.split(",") if s.strip()]
     base = TrainConfig(data_dir=data_dir, backbone=backbone, pretrained=pretrained, image_size=image_size, lr=lr,

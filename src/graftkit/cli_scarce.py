@@ -17,7 +17,7 @@ _D = {f.name: f.default for f in dataclasses.fields(TrainConfig)}
 def train_pseudo_label(cfg: TrainConfig, unlabeled: Optional[Path], pseudo_label: bool, rounds: int,
                         threshold: float, class_quantile: float, max_ratio: float, max_per_class: Optional[int],
                         quiet: bool) -> None:
-    from .semi import PseudoLabelConfig, train_with_pseudo_labels
+    from .workflows.self_training import PseudoLabelConfig, train_with_pseudo_labels
 
     if unlabeled is None or not pseudo_label:
         raise GraftError("--pseudo-label and --unlabeled DIR go together: pass both (or neither).")
@@ -76,7 +76,8 @@ def label_efficiency_command(
     """Accuracy against labelled images per class (mean and 95% interval over seeds): JSON + plot."""
     from datetime import datetime
 
-    from .scarce import label_efficiency, parse_per_class
+    from .scarce import parse_per_class
+    from .workflows.label_efficiency import label_efficiency
 
     out = out or Path("runs") / f"{datetime.now():%Y%m%d-%H%M%S}-label-efficiency"
     cfg = TrainConfig(data_dir=data_dir, strategy=strategy, backbone=backbone, image_size=image_size,

@@ -12,13 +12,12 @@ from torch.utils.data import DataLoader, Dataset
 from .data import IMAGE_EXTENSIONS, build_eval_transform, decode_square, scan_data
 from .data.scan import DECODE_ERRORS, describe_image_error
 from .data.scan import _walk_files
-from .engine.hardware import tune_cpu_allocator
 from .engine.checkpoint import load_model
 from .engine.features import autocast_for
 from .engine.fit import eval_batch_size
 from .engine.fusion import fold_frozen_batchnorm
 from .engine.loop import predict_logits
-from .engine.metrics import classification_metrics
+from .metrics import classification_metrics
 from .errors import CheckpointError, DataError
 
 
@@ -67,7 +66,6 @@ class ImageClassifier:
     """A trained model ready to use: ``graftkit.load(run_dir).predict(["a.jpg"])``."""
 
     def __init__(self, model, meta: dict, device: str = "cpu") -> None:
-        tune_cpu_allocator()
         self.model = model.to(device, memory_format=torch.channels_last).eval()
         self.meta = meta
         self.device = torch.device(device)

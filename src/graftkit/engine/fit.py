@@ -33,7 +33,6 @@ from .checkpoint import (atomic_write_text, capture_rng, load_checkpoint, load_m
 from .features import (FeatureBatches, TailModel, autocast_for, fill_features, open_feature_store,
                        resolve_precision)
 from .fusion import fold_frozen_batchnorm
-from .hardware import tune_cpu_allocator
 from .loop import TrainingDiverged, evaluate, train_one_epoch
 from .progress import ProgressReporter
 
@@ -76,8 +75,7 @@ class Run:
 
 
 def resolve_device(name: str) -> torch.device:
-    """The device to train on; also keeps activation memory in the heap (engine.hardware)."""
-    tune_cpu_allocator()
+    """The device to train on."""
     if name == "cuda" and not torch.cuda.is_available():
         raise ConfigError("--device cuda was asked for but no CUDA GPU is visible; use --device cpu or auto")
     if name == "auto":
@@ -211,7 +209,7 @@ def fit(cfg: TrainConfig, scan: DataScan | None = None) -> Run:
     With ``cfg.freeze_auto`` the freeze depth is measured first (``strategies.auto_freeze``).
     """
     if cfg.freeze_auto:
-        from ..strategies.auto_freeze import fit_auto_freeze
+        from ..workflows.freeze_auto import fit_auto_freeze
 
         return fit_auto_freeze(cfg, scan)
     started = time.perf_counter()

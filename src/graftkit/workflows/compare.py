@@ -14,10 +14,10 @@ from datetime import datetime
 from pathlib import Path
 from typing import Any, Sequence
 
-from . import __version__
-from .config import STRATEGIES, TrainConfig
-from .errors import ConfigError
-from .fileio import atomic_write_text
+from .._version import __version__
+from ..config import STRATEGIES, TrainConfig
+from ..errors import ConfigError
+from ..fileio import atomic_write_text
 
 DEFAULT_STRATEGIES = ("scratch", "feature-extraction", "fine-tune")
 DEFAULT_BUDGET_EPOCHS = 6
@@ -54,7 +54,7 @@ def _train_and_measure(cfg: TrainConfig, scan: Any) -> dict[str, Any]:
     """Run one training (in a fresh process when isolated) and measure its peak memory."""
     import torch
 
-    from .engine import fit
+    from ..engine import fit
 
     before = _peak_rss_mb()  # the interpreter, torch and graftkit, loaded
     run = fit(cfg, scan=scan)
@@ -107,10 +107,10 @@ def compare(base: TrainConfig, out_dir: str | Path, strategies: Sequence[str] = 
     Returns:
         What ``compare.json`` holds.
     """
-    from .engine.fit import Interrupted, scan_for
-    from .engine.progress import ProgressReporter
-    from .report.runfiles import load_run
-    from .report.summary import summarize_comparison
+    from ..engine.fit import Interrupted, scan_for
+    from ..engine.progress import ProgressReporter
+    from ..report.runfiles import load_run
+    from ..report.summary import summarize_comparison
 
     strategies = list(strategies)
     for name in strategies:
@@ -209,7 +209,7 @@ def compare(base: TrainConfig, out_dir: str | Path, strategies: Sequence[str] = 
     }
     atomic_write_text(out_dir / "compare.json", json.dumps(result, indent=2))
     if write_reports:
-        from .report.html import render_compare_report, render_run_report
+        from ..report.html import render_compare_report, render_run_report
 
         for strategy in strategies:
             for seed in seeds:

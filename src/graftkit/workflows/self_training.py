@@ -26,7 +26,7 @@ from ..data import DecodedImages, decode_size_for, scan_data
 from ..engine import Run, fit
 from ..engine.checkpoint import atomic_write_text
 from ..errors import ConfigError
-from .pseudo_label import (PseudoLabelling, RunPredictor, class_caps, find_unlabeled_images, pseudo_label,
+from ..semi.pseudo_label import (PseudoLabelling, RunPredictor, class_caps, find_unlabeled_images, pseudo_label,
                            with_extra_train)
 
 RUN_FILES = ("config.json", "history.jsonl", "metrics.json", "model.safetensors", "model.json",

@@ -18,7 +18,7 @@ from ..data import scan_data
 from ..engine import fit
 from ..errors import ConfigError
 from ..report.summary import mean_interval as summary_mean_interval
-from .subsample import subsample
+from ..scarce.subsample import subsample
 
 # A short budget that fits dtd10 (960 train images, 10 classes) x 4 sizes x 3 seeds in well under
 # 30 minutes on 2 CPU cores: the head trains on cached features (milliseconds per epoch, so it can
