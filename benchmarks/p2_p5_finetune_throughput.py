@@ -57,7 +57,7 @@ def main() -> None:
     import torch
 
     from graftkit import TrainConfig, fit
-    from graftkit.engine.fit import train_batch_size
+    from graftkit.engine.runtime import train_batch_size
     from graftkit.hardware import tune_cpu_allocator
 
     tune_cpu_allocator()  # the raw steps run with the process settings graftkit itself uses

@@ -7,7 +7,7 @@ from types import SimpleNamespace
 import pytest
 
 from graftkit import ConfigError, TrainConfig, fit
-from graftkit.workflows.freeze_auto import (candidate_depths, depth_label, fit_auto_freeze, pick_depth)
+from graftkit.workflows.freeze_auto import candidate_depths, depth_label, fit_auto_freeze, pick_depth, train_run
 
 from .conftest import TINY, run_graft
 
@@ -102,5 +102,7 @@ def test_freeze_auto_needs_fine_tune(class_folder):
     with pytest.raises(ConfigError, match="fine-tune"):
         TrainConfig(data_dir=class_folder, strategy="scratch", freeze_auto=True)
     with pytest.raises(ConfigError, match="finetune-epochs"):
-        fit(TrainConfig(data_dir=class_folder, strategy="feature-extraction", **TINY).replace(freeze_auto=False)
-            .replace(strategy="fine-tune", freeze_auto=True, finetune_epochs=0, head_epochs=1))
+        train_run(TrainConfig(data_dir=class_folder, strategy="feature-extraction", **TINY).replace(freeze_auto=False)
+                              .replace(strategy="fine-tune", freeze_auto=True, finetune_epochs=0, head_epochs=1))
+    with pytest.raises(ConfigError, match="graftkit.train"):  # fit trains one run; the search is a workflow
+        fit(TrainConfig(data_dir=class_folder, freeze_auto=True, **TINY))

@@ -7,7 +7,8 @@ import numpy as np
 import pytest
 
 from graftkit import ConfigError, TrainConfig
-from graftkit.engine.lr_find import lr_range_test, lr_schedule, save_lr_find, suggest_lr
+from graftkit.engine.lr_find import lr_range_test, lr_schedule, suggest_lr
+from graftkit.report.lr_find import save_lr_find
 
 from .conftest import TINY, run_graft
 

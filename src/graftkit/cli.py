@@ -2,7 +2,6 @@
 from __future__ import annotations
 
 import csv
-import dataclasses
 import io
 import json
 import sys
@@ -12,14 +11,15 @@ from typing import Annotated, Optional
 
 import typer
 
-from . import __version__
+from . import cli_options as opt
+from ._version import __version__
 from .config import TrainConfig
 from .errors import GraftError
 
 app = typer.Typer(add_completion=False, no_args_is_help=True, pretty_exceptions_enable=False,
                   help="graftkit: transfer learning and fine-tuning of image classifiers.")
 _state = {"debug": False}
-_D = {f.name: f.default for f in dataclasses.fields(TrainConfig)}
+_D = opt.DEFAULTS
 
 
 def _version(value: bool) -> None:
@@ -75,44 +75,43 @@ def check_data(data_dir: Path,
 def train(
     data_dir: Annotated[Optional[Path], typer.Argument(
         help="Folder with train/ and val/, or with one folder per class.")] = None,
-    strategy: str = typer.Option(_D["strategy"], help="scratch | feature-extraction | fine-tune."),
-    backbone: str = typer.Option(_D["backbone"], help="See 'graft backbones'; any timm name too."),
-    pretrained: bool = typer.Option(True, help="--no-pretrained: random init."),
-    weights: Optional[Path] = typer.Option(None, help="Local .safetensors/.pth backbone weights."),
-    image_size: Optional[int] = typer.Option(None, help="Input size (default: the backbone's)."),
-    epochs: int = typer.Option(_D["epochs"], help="Epochs for scratch and feature-extraction."),
-    head_epochs: int = typer.Option(_D["head_epochs"], help="fine-tune: epochs with the backbone frozen."),
-    finetune_epochs: int = typer.Option(_D["finetune_epochs"], help="fine-tune: epochs after unfreezing."),
+    strategy: opt.Strategy = _D["strategy"],
+    backbone: opt.Backbone = _D["backbone"],
+    pretrained: opt.Pretrained = True,
+    weights: opt.Weights = None,
+    image_size: opt.ImageSize = None,
+    epochs: opt.Epochs = _D["epochs"],
+    head_epochs: opt.HeadEpochs = _D["head_epochs"],
+    finetune_epochs: opt.FinetuneEpochs = _D["finetune_epochs"],
     freeze: str = typer.Option(str(_D["freeze"]), help="fine-tune: first K stages stay frozen when unfreezing; "
                                "'auto': try several depths briefly and train the best (see freeze_auto.json)."),
-    lr: float = typer.Option(_D["lr"], help="Peak learning rate of the head (and of scratch)."),
-    finetune_lr: float = typer.Option(_D["finetune_lr"], help="Peak learning rate after unfreezing."),
+    lr: opt.Lr = _D["lr"],
+    finetune_lr: opt.FinetuneLr = _D["finetune_lr"],
     stage_lr_decay: float = typer.Option(_D["stage_lr_decay"], help="LR factor per stage going down."),
     weight_decay: float = typer.Option(_D["weight_decay"]),
     label_smoothing: float = typer.Option(_D["label_smoothing"]),
     dropout: float = typer.Option(_D["dropout"], help="Dropout before the new head."),
     train_bn: bool = typer.Option(_D["train_bn"], help="Let unfrozen BatchNorm use batch statistics."),
     fold_bn: bool = typer.Option(_D["fold_bn"], help="Fold frozen BatchNorm into convs (faster, same result)."),
-    batch_size: Optional[int] = typer.Option(None, help="Default: 32 on a CPU (16 for a head on cached features), 64 on CUDA."),
-    augment: str = typer.Option(_D["augment"], help="none | light (random resized crop + flip) | strong (+ colour "
-                                "jitter, TrivialAugment, random erasing) | a .json/.yaml pipeline file. Train only."),
+    batch_size: opt.BatchSize = None,
+    augment: opt.Augment = _D["augment"],
     mixup: float = typer.Option(_D["mixup"], help="MixUp alpha on image batches (0: off, e.g. 0.2)."),
     cutmix: float = typer.Option(_D["cutmix"], help="CutMix alpha on image batches (0: off, e.g. 1.0)."),
-    val_fraction: float = typer.Option(_D["val_fraction"], help="Held out per class when there is no val/."),
-    seed: int = typer.Option(_D["seed"]),
-    skip_bad_images: bool = typer.Option(False, help="Train on the readable images; list the rest in skipped.txt."),
-    device: str = typer.Option(_D["device"], help="auto | cpu | cuda."),
+    val_fraction: opt.ValFraction = _D["val_fraction"],
+    seed: opt.Seed = _D["seed"],
+    skip_bad_images: opt.SkipBadImages = False,
+    device: opt.Device = _D["device"],
     num_workers: int = typer.Option(_D["num_workers"], help="Data-loading worker processes."),
-    precision: str = typer.Option(_D["precision"], help="auto | fp32 | bf16 (autocast)."),
+    precision: opt.Precision = _D["precision"],
     compile: bool = typer.Option(_D["compile"], "--compile", help="torch.compile the trained part."),
-    cache: bool = typer.Option(_D["cache"], help="--no-cache: decode and recompute everything in this run only."),
-    cache_dir: Optional[Path] = typer.Option(None, help="Cache folder (default ~/.cache/graftkit)."),
+    cache: opt.Cache = _D["cache"],
+    cache_dir: opt.CacheDir = None,
     cache_views: int = typer.Option(_D["cache_views"], help="Augmented views cached per training image "
                                     "for frozen phases: 1 = the clean crop only (fastest); more = more "
                                     "augmentation, one backbone pass per view."),
     out: Optional[Path] = typer.Option(None, "--out", help="Run folder (default runs/<time>-<strategy>)."),
-    quiet: bool = typer.Option(False, "--quiet", "-q", help="Print only the final line."),
-    plain: bool = typer.Option(False, help="One line per epoch, no progress bar."),
+    quiet: opt.Quiet = False,
+    plain: opt.Plain = False,
     checkpoint_every: float = typer.Option(_D["checkpoint_every"], help="Seconds between checkpoints (0: every epoch)."),
     max_seconds: Optional[float] = typer.Option(None, help="Wall-clock budget: no new epoch starts after it."),
     lr_find: bool = typer.Option(False, "--lr-find", help="Run the learning-rate range test first and train with "
@@ -131,7 +130,7 @@ def train(
     max_per_class: Optional[int] = typer.Option(None, help="--pseudo-label: at most this many per class."),
 ) -> None:
     """Train a classifier on DATA_DIR and write a run folder."""
-    from .engine import fit
+    from .workflows.freeze_auto import train_run
 
     progress = "none" if quiet else ("plain" if plain else "auto")
     if resume is not None:
@@ -139,7 +138,7 @@ def train(
         if data_dir is not None and Path(data_dir).resolve() != Path(cfg.data_dir).resolve():
             raise GraftError(f"--resume {resume} trains on '{cfg.data_dir}', not '{data_dir}'. "
                              f"Drop DATA_DIR or pass the same folder.")
-        run = fit(cfg)
+        run = train_run(cfg)
         if quiet:
             typer.echo(f"val_accuracy {run.metrics['val_accuracy']:.4f} → {run.out_dir}")
         return
@@ -171,8 +170,10 @@ def train(
         return
     scan = None
     if lr_find:
-        from .engine.fit import default_out_dir, prepare_out_dir, scan_for
-        from .engine.lr_find import lr_range_test, save_lr_find
+        from .engine.fit import default_out_dir, prepare_out_dir
+        from .engine.lr_find import lr_range_test
+        from .engine.prepare import scan_for
+        from .report.lr_find import save_lr_find
 
         cfg = cfg.replace(out_dir=cfg.out_dir or default_out_dir(cfg.strategy))
         prepare_out_dir(cfg)  # refuse an existing run before spending time
@@ -180,7 +181,7 @@ def train(
         result = lr_range_test(cfg, scan, phase="auto")
         typer.echo(f"lr-find: {save_lr_find(result, cfg.out_dir, data_dir, cfg.strategy)}")
         cfg = cfg.replace(lr=float(f"{result.suggestion:.1e}"))
-    run = fit(cfg, scan=scan)
+    run = train_run(cfg, scan=scan)
     if quiet:
         typer.echo(f"val_accuracy {run.metrics['val_accuracy']:.4f} → {run.out_dir}")
 
@@ -251,32 +252,32 @@ def evaluate(model: Annotated[Path, typer.Argument(help="Run folder (or its mode
 
 @app.command()
 def compare(
-    data_dir: Annotated[Path, typer.Argument(help="Folder with train/ and val/, or with one folder per class.")],
+    data_dir: opt.DataDir,
     out: Path = typer.Option(..., "--out", help="Comparison folder: <strategy>/seed<k>/ runs, compare.json, report.html."),
     strategies: str = typer.Option("scratch,feature-extraction,fine-tune", help="Comma-separated strategies."),
     seeds: int = typer.Option(3, help="Seeds per strategy (--seed, --seed+1, ...)."),
     budget_epochs: Optional[int] = typer.Option(None, help="Epochs per run (default 6); fine-tune spends a third "
                                                 "on the head, the rest fine-tuning."),
     budget_minutes: Optional[float] = typer.Option(None, help="Wall-clock minutes per run, checked between epochs."),
-    backbone: str = typer.Option(_D["backbone"], help="See 'graft backbones'."),
-    pretrained: bool = typer.Option(True, help="--no-pretrained: random init for every strategy."),
-    image_size: Optional[int] = typer.Option(None, help="Input size (default: the backbone's)."),
-    lr: float = typer.Option(_D["lr"], help="Peak learning rate of the head (and of scratch)."),
-    finetune_lr: float = typer.Option(_D["finetune_lr"], help="Peak learning rate after unfreezing."),
-    batch_size: Optional[int] = typer.Option(None, help="Default: 32 on a CPU (16 for a head on cached features), 64 on CUDA."),
-    augment: str = typer.Option(_D["augment"], help="none | light."),
-    val_fraction: float = typer.Option(_D["val_fraction"], help="Held out per class when there is no val/."),
-    seed: int = typer.Option(_D["seed"], help="First seed; it also seeds the one split every run uses."),
-    skip_bad_images: bool = typer.Option(False, help="Train on the readable images."),
-    device: str = typer.Option(_D["device"], help="auto | cpu | cuda."),
-    precision: str = typer.Option(_D["precision"], help="auto | fp32 | bf16."),
-    cache: bool = typer.Option(_D["cache"], help="--no-cache: decode and recompute everything."),
-    cache_dir: Optional[Path] = typer.Option(None, help="Cache folder (default ~/.cache/graftkit)."),
+    backbone: opt.Backbone = _D["backbone"],
+    pretrained: opt.Pretrained = True,
+    image_size: opt.ImageSize = None,
+    lr: opt.Lr = _D["lr"],
+    finetune_lr: opt.FinetuneLr = _D["finetune_lr"],
+    batch_size: opt.BatchSize = None,
+    augment: opt.Augment = _D["augment"],
+    val_fraction: opt.ValFraction = _D["val_fraction"],
+    seed: opt.Seed = _D["seed"],
+    skip_bad_images: opt.SkipBadImages = False,
+    device: opt.Device = _D["device"],
+    precision: opt.Precision = _D["precision"],
+    cache: opt.Cache = _D["cache"],
+    cache_dir: opt.CacheDir = None,
     isolate: bool = typer.Option(True, help="Each run in a fresh process (its own peak memory); "
                                  "--no-isolate: all in this process."),
     report: bool = typer.Option(True, help="--no-report: skip the HTML reports."),
-    quiet: bool = typer.Option(False, "--quiet", "-q", help="Print only the summary."),
-    plain: bool = typer.Option(False, help="One line per epoch, no progress bar."),
+    quiet: opt.Quiet = False,
+    plain: opt.Plain = False,
 ) -> None:
     """Scratch vs feature extraction vs fine-tuning: same data, split and budget; several seeds."""
     from .workflows.compare import compare as run_compare
@@ -306,31 +307,32 @@ def report(path: Annotated[Path, typer.Argument(help="A run folder, or a folder 
 
 @app.command("lr-find")
 def lr_find_command(
-    data_dir: Annotated[Path, typer.Argument(help="Folder with train/ and val/, or with one folder per class.")],
-    strategy: str = typer.Option(_D["strategy"], help="The strategy you will train with."),
+    data_dir: opt.DataDir,
+    strategy: opt.Strategy = _D["strategy"],
     phase: str = typer.Option("auto", help="head (backbone frozen, cached features: seconds) | full (every "
                               "stage) | auto: full for scratch, else head."),
     start_lr: float = typer.Option(1e-7, help="First learning rate tried."),
     end_lr: float = typer.Option(10.0, help="Last learning rate tried."),
     steps: int = typer.Option(100, help="Steps (mini-batches) of the test."),
-    backbone: str = typer.Option(_D["backbone"], help="See 'graft backbones'."),
-    image_size: Optional[int] = typer.Option(None, help="Input size (default: the backbone's)."),
-    batch_size: Optional[int] = typer.Option(None, help="Default: 32 on a CPU (16 for a head on cached features), 64 on CUDA."),
-    augment: str = typer.Option(_D["augment"], help="none | light."),
-    val_fraction: float = typer.Option(_D["val_fraction"]),
-    seed: int = typer.Option(_D["seed"]),
-    skip_bad_images: bool = typer.Option(False),
-    device: str = typer.Option(_D["device"], help="auto | cpu | cuda."),
-    cache: bool = typer.Option(_D["cache"]),
-    cache_dir: Optional[Path] = typer.Option(None),
+    backbone: opt.Backbone = _D["backbone"],
+    image_size: opt.ImageSize = None,
+    batch_size: opt.BatchSize = None,
+    augment: opt.Augment = _D["augment"],
+    val_fraction: opt.ValFraction = _D["val_fraction"],
+    seed: opt.Seed = _D["seed"],
+    skip_bad_images: opt.SkipBadImages = False,
+    device: opt.Device = _D["device"],
+    cache: opt.Cache = _D["cache"],
+    cache_dir: opt.CacheDir = None,
     out: Optional[Path] = typer.Option(None, "--out", help="Folder for lr_find.json and lr_find.png "
                                        "(default runs/<time>-lr-find)."),
-    quiet: bool = typer.Option(False, "--quiet", "-q"),
+    quiet: opt.Quiet = False,
 ) -> None:
     """Learning-rate range test: plot the loss against an exponentially growing rate; suggest --lr."""
     from datetime import datetime
 
-    from .engine.lr_find import lr_range_test, save_lr_find
+    from .engine.lr_find import lr_range_test
+    from .report.lr_find import save_lr_find
 
     cfg = TrainConfig(data_dir=data_dir, strategy=strategy, backbone=backbone, image_size=image_size,
                       batch_size=batch_size, augment=augment, val_fraction=val_fraction, seed=seed,

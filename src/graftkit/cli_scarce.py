@@ -2,16 +2,16 @@
 ``--pseudo-label`` path of ``graft train``. Registered on the app of ``cli.py``."""
 from __future__ import annotations
 
-import dataclasses
 from pathlib import Path
 from typing import Annotated, Optional
 
 import typer
 
+from . import cli_options as opt
 from .config import TrainConfig
 from .errors import GraftError
 
-_D = {f.name: f.default for f in dataclasses.fields(TrainConfig)}
+_D = opt.DEFAULTS
 
 
 def train_pseudo_label(cfg: TrainConfig, unlabeled: Optional[Path], pseudo_label: bool, rounds: int,
@@ -63,15 +63,15 @@ def label_efficiency_command(
     per_class: str = typer.Option("5,10,25,all", help="Sizes: labelled images per class, comma-separated."),
     seeds: int = typer.Option(3, help="Runs per size (different subsets and training seeds)."),
     out: Optional[Path] = typer.Option(None, "--out", help="Folder (default runs/<time>-label-efficiency)."),
-    strategy: str = typer.Option("fine-tune", help="Training strategy of every run."),
-    backbone: str = typer.Option(_D["backbone"]),
-    image_size: Optional[int] = typer.Option(None),
-    epochs: int = typer.Option(30, help="Epochs for feature-extraction and scratch."),
-    head_epochs: int = typer.Option(30, help="fine-tune: head epochs (on cached features: cheap)."),
-    finetune_epochs: int = typer.Option(2, help="fine-tune: epochs after unfreezing (~0.05 s/image on a CPU)."),
-    augment: str = typer.Option(_D["augment"]),
-    batch_size: Optional[int] = typer.Option(None),
-    device: str = typer.Option(_D["device"]),
+    strategy: opt.Strategy = "fine-tune",
+    backbone: opt.Backbone = _D["backbone"],
+    image_size: opt.ImageSize = None,
+    epochs: opt.Epochs = 30,
+    head_epochs: opt.HeadEpochs = 30,
+    finetune_epochs: opt.FinetuneEpochs = 2,
+    augment: opt.Augment = _D["augment"],
+    batch_size: opt.BatchSize = None,
+    device: opt.Device = _D["device"],
 ) -> None:
     """Accuracy against labelled images per class (mean and 95% interval over seeds): JSON + plot."""
     from datetime import datetime
@@ -111,7 +111,7 @@ def augment_preview(
     seed: int = typer.Option(0),
 ) -> None:
     """Write a grid: each row a training image's validation crop, then its augmentations."""
-    from .backbones.registry import native_image_size
+    from .backbones import native_image_size
     from .data import decode_size_for, decode_square, scan_data
     from .data.preview import one_per_class, save_augment_grid
     from .data.transforms import check_augment

@@ -10,13 +10,11 @@ import torch
 from torch.utils.data import DataLoader, Dataset
 
 from .data import IMAGE_EXTENSIONS, build_eval_transform, decode_square, scan_data
-from .data.scan import DECODE_ERRORS, describe_image_error
-from .data.scan import _walk_files
+from .data.scan import DECODE_ERRORS, describe_image_error, walk_files
 from .engine.checkpoint import load_model
-from .engine.features import autocast_for
-from .engine.fit import eval_batch_size
 from .engine.fusion import fold_frozen_batchnorm
 from .engine.loop import predict_logits
+from .engine.runtime import autocast_for, eval_batch_size
 from .metrics import classification_metrics
 from .errors import CheckpointError, DataError
 
@@ -54,7 +52,7 @@ def expand_image_paths(paths: Iterable[str | Path]) -> list[Path]:
     out: list[Path] = []
     for p in map(Path, paths):
         if p.is_dir():
-            out.extend(f for f in _walk_files(p) if f.suffix.lower() in IMAGE_EXTENSIONS)
+            out.extend(f for f in walk_files(p) if f.suffix.lower() in IMAGE_EXTENSIONS)
         elif p.exists():
             out.append(p)
         else:

@@ -1,3 +1,4 @@
-from .registry import Backbone, BackboneInfo, create_backbone, list_backbones, register_backbone
+from .catalog import create_backbone, list_backbones, native_image_size
+from .registry import Backbone, BackboneInfo, register_backbone
 
-__all__ = ["Backbone", "BackboneInfo", "create_backbone", "list_backbones", "register_backbone"]
+__all__ = ["Backbone", "BackboneInfo", "create_backbone", "list_backbones", "native_image_size", "register_backbone"]

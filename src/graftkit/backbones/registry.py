@@ -1,4 +1,5 @@
-"""A registry of small backbone factories.
+"""A registry of small backbone factories (the built-in ones register in ``catalog.py``, which
+imports them; nothing here imports a factory, so the registry and its plugins form no cycle).
 
 A factory returns a :class:`Backbone`: the feature extractor split into ordered *stages*, its
 feature width, the normalisation its weights expect and its native input size. graftkit adds the
@@ -7,9 +8,7 @@ learning rates and (later) caching the output of a frozen prefix all act on the 
 """
 from __future__ import annotations
 
-import difflib
 from dataclasses import dataclass
-from pathlib import Path
 from typing import Callable, Sequence
 
 import torch
@@ -89,58 +88,11 @@ def register_backbone(name: str, *, offline: bool, image_size: int = 224, descri
     return wrap
 
 
-def list_backbones() -> list[BackboneInfo]:
-    """The registered backbones, in registration order."""
-    _load_builtin()
+def registered_backbones() -> list[BackboneInfo]:
+    """What is registered so far, in registration order (the built-ins once ``graftkit.backbones``
+    is imported: :func:`graftkit.backbones.list_backbones`)."""
     return list(_REGISTRY.values())
 
 
-def native_image_size(name: str) -> int:
-    """The input size a backbone was trained at, without building it."""
-    _load_builtin()
-    if name in _REGISTRY:
-        return _REGISTRY[name].image_size
-    from .timm_models import timm_model_exists
-
-    if timm_model_exists(name):
-        import timm
-
-        cfg = timm.get_pretrained_cfg(name)
-        return int(getattr(cfg, "input_size", (3, 224, 224))[-1]) if cfg is not None else 224
-    return 224
-
-
-def create_backbone(name: str, pretrained: bool = True, weights: str | Path | None = None) -> Backbone:
-    """Build a registered backbone, or any timm model by name.
-
-    Args:
-        name: a registry name (``graft backbones``) or a timm model name.
-        pretrained: load ImageNet weights (packaged ones for the built-ins, timm's hub otherwise).
-        weights: a local ``.safetensors`` or ``.pth`` state dict to load instead (never unpickled).
-    """
-    _load_builtin()
-    if weights is not None:
-        from .weights import load_weights_into, read_state_dict
-
-        state = read_state_dict(weights)
-        if any(k.startswith("stages.") for k in state):  # saved by graftkit (e.g. `graft pretrain`)
-            backbone = create_backbone(name, pretrained=False)
-            load_weights_into(backbone, state, str(weights))
-            backbone.pretrained = True
-            return backbone
-    info = _REGISTRY.get(name)
-    if info is not None:
-        return info.factory(pretrained=pretrained and weights is None, weights=weights)
-    from .timm_models import create_timm_backbone, timm_model_exists
-
-    if timm_model_exists(name):
-        return create_timm_backbone(name, pretrained=pretrained and weights is None, weights=weights)
-    close = difflib.get_close_matches(name, list(_REGISTRY), n=3, cutoff=0.5)
-    hint = f" Did you mean {', '.join(close)}?" if close else ""
-    raise ConfigError(f"unknown backbone {name!r}: not in graftkit's registry nor in timm.{hint} "
-                      f"Run 'graft backbones' for the list.")
-
-
-def _load_builtin() -> None:
-    # Importing the modules registers their factories (once).
-    from . import efficientnet_lite, tiny  # noqa: F401
+def registered(name: str) -> BackboneInfo | None:
+    return _REGISTRY.get(name)

@@ -10,7 +10,7 @@ from pathlib import Path
 from torch import nn
 
 from ..errors import ConfigError
-from .registry import IMAGENET_MEAN, IMAGENET_STD, Backbone
+from .registry import IMAGENET_MEAN, IMAGENET_STD, Backbone, registered_backbones
 from .weights import load_weights_into, read_state_dict
 
 
@@ -69,9 +69,7 @@ def create_timm_backbone(name: str, pretrained: bool, weights: str | Path | None
     try:
         model = timm.create_model(name, pretrained=pretrained)
     except Exception as exc:  # hub errors come in many types (HTTP, OS, HF)
-        from .registry import list_backbones
-
-        offline = ", ".join(b.name for b in list_backbones() if b.offline)
+        offline = ", ".join(b.name for b in registered_backbones() if b.offline)
         raise ConfigError(f"could not get pretrained weights for timm model {name!r} "
                           f"({type(exc).__name__}: no network?). Offline backbones: {offline}. "
                           f"Or pass a local file with --weights FILE (.safetensors or .pth), "

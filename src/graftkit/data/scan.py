@@ -71,7 +71,7 @@ def _subdirs(path: Path) -> list[Path]:
         raise DataError(f"cannot read folder '{path}': permission denied. Fix its permissions.") from None
 
 
-def _walk_files(folder: Path, problems: list[BadFile] | None = None) -> list[Path]:
+def walk_files(folder: Path, problems: list[BadFile] | None = None) -> list[Path]:
     """Files below ``folder`` (recursive, hidden skipped, each real folder visited once so symlink
     loops end). Entries that cannot be read are added to ``problems``."""
     out, seen = [], set()
@@ -144,7 +144,7 @@ def _read_class_folders(split_dir: Path) -> dict[str, tuple[list[Path], list[Bad
     result = {}
     for class_dir in _subdirs(split_dir):
         images, others, problems = [], [], []
-        for f in _walk_files(class_dir, problems):
+        for f in walk_files(class_dir, problems):
             (images if is_image_name(f) else others).append(f)
         result[class_dir.name] = (images, [BadFile(f, "not an image file name") for f in others] + problems)
     return result
@@ -218,7 +218,7 @@ def scan_data(data_dir: str | Path, val_fraction: float = 0.2, seed: int = 0,
     else:
         layout = "classes"
         if not top:
-            images_here = [f for f in _walk_files(root) if is_image_name(f)]
+            images_here = [f for f in walk_files(root) if is_image_name(f)]
             hint = (f" It holds {len(images_here)} images directly: put them in one folder per class."
                     if images_here else "")
             raise DataError(f"no class folders in '{root}'.{hint} Expected '{root}/<class>/<images>' "

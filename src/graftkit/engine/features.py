@@ -8,7 +8,6 @@ preprocessing, augmentation preset, precision and the image bytes with the view 
 """
 from __future__ import annotations
 
-import contextlib
 import hashlib
 import json
 from pathlib import Path
@@ -131,27 +130,3 @@ class FeatureBatches:
             rows = self.store.get([f"{self.keys[i]}:{self.views[i]}" for i in indices])
             yield torch.from_numpy(rows).float(), self.labels[indices]
 
-
-def autocast_for(device: torch.device, precision: str) -> Callable[[], contextlib.AbstractContextManager]:
-    """A factory of autocast contexts for ``precision`` ("bf16" or "fp32") on ``device``."""
-    if precision == "bf16":
-        return lambda: torch.autocast(device.type, dtype=torch.bfloat16)
-    return contextlib.nullcontext
-
-
-def resolve_precision(precision: str, device: torch.device) -> str:
-    if precision != "auto":
-        return precision
-    if device.type == "cuda":
-        return "bf16" if torch.cuda.is_bf16_supported() else "fp32"
-    # Without native bf16 instructions oneDNN emulates bf16 and runs about 2x slower than fp32
-    # (measured on an AVX-512 Xeon without avx512_bf16/amx): use it only where the CPU has them.
-    return "bf16" if cpu_has_native_bf16() else "fp32"
-
-
-def cpu_has_native_bf16() -> bool:
-    try:
-        flags = Path("/proc/cpuinfo").read_text()
-    except OSError:
-        return False
-    return any(flag in flags for flag in ("avx512_bf16", "amx_bf16"))

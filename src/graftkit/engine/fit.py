@@ -6,7 +6,6 @@ import csv
 import io
 import json
 import math
-import random
 import shutil
 import tempfile
 import time
@@ -15,40 +14,23 @@ from datetime import datetime
 from pathlib import Path
 from typing import Any
 
-import numpy as np
 import torch
 from torch import nn
 
-from .. import __version__
-from ..backbones import create_backbone
-from ..backbones.registry import native_image_size
+from .._version import __version__
 from ..config import TrainConfig
-from ..data import (DataScan, DecodedDataset, DecodedImages, ImageBatches, augment_key, build_batch_mix,
-                    build_eval_transform, build_train_transform, decode_size_for, scan_data)
+from ..data import DataScan, build_batch_mix, build_eval_transform, decode_size_for
 from ..errors import ConfigError, GraftError
 from ..heads import Classifier
 from ..strategies import Phase, build_optimizer, build_phases, phase_at, set_learning_rates, warmup_cosine
 from .checkpoint import (atomic_write_text, capture_rng, load_checkpoint, load_model, restore_rng,
                          save_checkpoint, save_model)
-from .features import (FeatureBatches, TailModel, autocast_for, fill_features, open_feature_store,
-                       resolve_precision)
+from .features import TailModel
 from .fusion import fold_frozen_batchnorm
 from .loop import TrainingDiverged, evaluate, train_one_epoch
+from .prepare import TrainingData, prepare
 from .progress import ProgressReporter
-
-def train_batch_size(cfg: TrainConfig, device: torch.device, head_only: bool = False) -> int:
-    """``--batch-size`` if given, else 64 on a GPU, and on a CPU 32: with the allocator tuned
-    (engine.hardware) EfficientNet-Lite0 trains ~1.08x faster per image than at 16, in ~2.6 GB, and
-    larger batches gain little more. A head trained on cached features costs milliseconds per epoch
-    at any batch size, so there the CPU default is 16: twice the updates per epoch."""
-    if cfg.batch_size:
-        return cfg.batch_size
-    return 64 if device.type == "cuda" else (16 if head_only else 32)
-
-
-def eval_batch_size(device: torch.device) -> int:
-    """Fixed per device type, so `graft evaluate` batches exactly as training's final evaluation."""
-    return 128 if device.type == "cuda" else 16
+from .runtime import autocast_for, seed_everything
 
 
 class Interrupted(GraftError):
@@ -67,26 +49,6 @@ class Run:
     metrics: dict[str, Any]
     history: list[dict[str, Any]]
     model: Classifier
-
-    def predict(self, paths, top_k: int = 1):
-        from ..predict import ImageClassifier
-
-        return ImageClassifier.from_run(self.out_dir).predict(paths, top_k=top_k)
-
-
-def resolve_device(name: str) -> torch.device:
-    """The device to train on."""
-    if name == "cuda" and not torch.cuda.is_available():
-        raise ConfigError("--device cuda was asked for but no CUDA GPU is visible; use --device cpu or auto")
-    if name == "auto":
-        return torch.device("cuda" if torch.cuda.is_available() else "cpu")
-    return torch.device(name)
-
-
-def seed_everything(seed: int) -> None:
-    random.seed(seed)
-    np.random.seed(seed % 2**32)
-    torch.manual_seed(seed)
 
 
 def default_out_dir(strategy: str) -> Path:
@@ -126,79 +88,6 @@ def model_meta(cfg: TrainConfig, model: Classifier, classes: list[str], image_si
     }
 
 
-class _Data:
-    """The scanned data with its decoded-image cache, and the batches each phase trains on."""
-
-    def __init__(self, cfg: TrainConfig, scan: DataScan, decoded: DecodedImages, image_size: int,
-                 device: torch.device) -> None:
-        self.cfg, self.scan, self.decoded, self.image_size = cfg, scan, decoded, image_size
-        self.batch_size, self.eval_batch_size = train_batch_size(cfg, device), eval_batch_size(device)
-        self.head_batch_size = train_batch_size(cfg, device, head_only=True)
-        self.train_keys = decoded.keys([s.path for s in scan.train])
-        self.val_keys = decoded.keys([s.path for s in scan.val])
-        self.train_labels = [s.label for s in scan.train]
-        in_train = set(self.train_keys)
-        self.duplicates = [s.path for s, k in zip(scan.val, self.val_keys) if k in in_train]
-        self.val_labels = [s.label for s in scan.val]
-
-    def batches_for(self, phase: Phase, model: Classifier, device: torch.device, precision: str,
-                    report: ProgressReporter) -> tuple[nn.Module, Any, Any]:
-        """(module to train, train batches, val batches) for a phase.
-
-        A frozen prefix (stages before the first trainable one) runs once per image and view and
-        is cached; the module to train is then only the rest of the network.
-        """
-        cfg, backbone = self.cfg, model.backbone
-        cut = backbone.num_stages if phase.first_trainable is None else phase.first_trainable
-        train_tf = build_train_transform(self.image_size, backbone.mean, backbone.std, cfg.augment)
-        eval_tf = build_eval_transform(self.image_size, backbone.mean, backbone.std)
-        num_views = None if cut == 0 else (1 if cfg.augment == "none" else cfg.cache_views)
-        batch_size = self.head_batch_size if cut == backbone.num_stages and cfg.cache else self.batch_size
-        drop_last = len(self.train_keys) > batch_size
-        if cut > 0 and cfg.cache:
-            store = open_feature_store(cfg.cache_dir, model, cut, self.image_size, self.decoded.size,
-                                       augment_key(cfg.augment), precision, cfg.fold_bn)
-            views = list(range(num_views))
-            todo = len(store.missing(f"{k}:{v}" for k in self.train_keys for v in views)) + \
-                len(store.missing(f"{k}:0" for k in self.val_keys))
-            if todo:
-                report.start_epoch(f"caching stages 0-{cut - 1}", todo)
-            started = time.perf_counter()
-            for keys, key_views in ((self.train_keys, views), (self.val_keys, [0])):
-                fill_features(store, model, cut, self.decoded, keys, key_views, train_tf, eval_tf, device,
-                              autocast_for(device, precision), self.eval_batch_size,
-                              on_batch=report.advance, fold_bn=cfg.fold_bn)
-            if todo:
-                report.end_epoch(f"cached {todo} feature rows (stages 0-{cut - 1}, {len(views)} view(s) per "
-                                 f"training image) in {time.perf_counter() - started:.1f}s")
-            train = FeatureBatches(store, self.train_keys, self.train_labels, batch_size, shuffle=True,
-                                   seed=cfg.seed, drop_last=drop_last, num_views=num_views)
-            val = FeatureBatches(store, self.val_keys, self.val_labels, self.eval_batch_size)
-            return TailModel(model, cut), train, val
-        pin = device.type == "cuda"
-        train = ImageBatches(DecodedDataset(self.decoded, self.train_keys, self.train_labels, train_tf, eval_tf),
-                             batch_size, shuffle=True, seed=cfg.seed, drop_last=drop_last,
-                             num_views=num_views, num_workers=cfg.num_workers, pin_memory=pin)
-        val = self.val_batches(eval_tf, pin)
-        return model, train, val
-
-    def val_batches(self, eval_tf, pin: bool = False) -> ImageBatches:
-        return ImageBatches(DecodedDataset(self.decoded, self.val_keys, self.val_labels, eval_tf),
-                            self.eval_batch_size, num_workers=self.cfg.num_workers, pin_memory=pin)
-
-
-def scan_for(cfg: TrainConfig) -> DataScan:
-    """Scan and validate ``cfg.data_dir`` as ``fit`` would, filling the decoded-image cache on the way:
-    for callers that train several times on one split (``graft compare``, ``--freeze auto``)."""
-    if not cfg.cache:
-        return scan_data(cfg.data_dir, cfg.val_fraction, cfg.resolved_split_seed, cfg.skip_bad_images)
-    decoded = DecodedImages(cfg.cache_dir, decode_size_for(cfg.image_size or native_image_size(cfg.backbone)))
-    scan = scan_data(cfg.data_dir, cfg.val_fraction, cfg.resolved_split_seed, cfg.skip_bad_images,
-                     checker=decoded.check_and_fill)
-    decoded.flush()
-    return scan
-
-
 def fit(cfg: TrainConfig, scan: DataScan | None = None) -> Run:
     """Train a classifier as ``cfg`` says and write the run folder.
 
@@ -206,12 +95,12 @@ def fit(cfg: TrainConfig, scan: DataScan | None = None) -> Run:
         cfg: the resolved configuration.
         scan: an already validated data scan (else ``scan_data`` runs first).
 
-    With ``cfg.freeze_auto`` the freeze depth is measured first (``strategies.auto_freeze``).
+    One run, one model: measuring the freeze depth first (``cfg.freeze_auto``) is a workflow
+    above this one (:func:`graftkit.workflows.freeze_auto.train_run`, or ``graftkit.train``).
     """
     if cfg.freeze_auto:
-        from ..workflows.freeze_auto import fit_auto_freeze
-
-        return fit_auto_freeze(cfg, scan)
+        raise ConfigError("freeze_auto trains several runs: call graftkit.train(...) or "
+                          "graftkit.workflows.freeze_auto.fit_auto_freeze(cfg), not fit(cfg)")
     started = time.perf_counter()
     seed_everything(cfg.seed)
     report = ProgressReporter(cfg.progress)
@@ -226,14 +115,10 @@ def fit(cfg: TrainConfig, scan: DataScan | None = None) -> Run:
 
 def _fit(cfg: TrainConfig, scan: DataScan | None, report: ProgressReporter, started: float,
          cache_dir: Path) -> Run:
-    device = resolve_device(cfg.device)
-    precision = resolve_precision(cfg.precision, device)
-    data, out_dir = _prepare_data(cfg, scan, report, cache_dir, device, precision)
-    scan = data.scan
-    backbone = create_backbone(cfg.backbone, pretrained=cfg.pretrained and cfg.strategy != "scratch",
-                               weights=cfg.weights)
-    model = Classifier(backbone, len(scan.classes), cfg.dropout)
-    model.to(device, memory_format=torch.channels_last if cfg.channels_last else torch.preserve_format)
+    prepared = prepare(cfg, scan, cache_dir)
+    data, model, device, precision = prepared.data, prepared.model, prepared.device, prepared.precision
+    scan, backbone = data.scan, model.backbone
+    out_dir = _prepare_run_dir(cfg, data, report, precision)
     phases = build_phases(cfg, backbone.num_stages)
     optimizer = build_optimizer(model, cfg.weight_decay)
     loss_fn = nn.CrossEntropyLoss(label_smoothing=cfg.label_smoothing)
@@ -322,26 +207,9 @@ def _fit(cfg: TrainConfig, scan: DataScan | None, report: ProgressReporter, star
     return Run(out_dir, cfg, scan.classes, metrics, history, model)
 
 
-def scan_and_decode(cfg: TrainConfig, scan: DataScan | None,
-                    cache_dir: Path) -> tuple[DataScan, DecodedImages, int]:
-    """Scan and validate the data (unless ``scan`` is given), decoding every image once into the
-    decoded-image cache; returns the scan, the cache and the resolved image size."""
-    image_size = cfg.image_size or native_image_size(cfg.backbone)
-    decoded = DecodedImages(cache_dir, decode_size_for(image_size))
-    if scan is None:
-        scan = scan_data(cfg.data_dir, cfg.val_fraction, cfg.resolved_split_seed, cfg.skip_bad_images,
-                         checker=decoded.check_and_fill)
-    else:
-        for sample in [*scan.train, *scan.val]:
-            decoded.check_and_fill(sample.path)
-    decoded.flush()
-    return scan, decoded, image_size
-
-
-def _prepare_data(cfg: TrainConfig, scan: DataScan | None, report: ProgressReporter, cache_dir: Path,
-                  device: torch.device, precision: str) -> tuple[_Data, Path]:
-    """Scan (decoding every image once, into the cache), then create the run folder and its first files."""
-    scan, decoded, image_size = scan_and_decode(cfg, scan, cache_dir)
+def _prepare_run_dir(cfg: TrainConfig, data: TrainingData, report: ProgressReporter, precision: str) -> Path:
+    """Create the run folder and its first files."""
+    scan, image_size = data.scan, data.image_size
     out_dir = prepare_out_dir(cfg)
     for warning in scan.warnings:
         report.message(f"warning: {warning}")
@@ -351,7 +219,6 @@ def _prepare_data(cfg: TrainConfig, scan: DataScan | None, report: ProgressRepor
         atomic_write_text(out_dir / "config.json", json.dumps(
             {**cfg.to_dict(), "image_size": image_size, "resolved_precision": precision,
              "graftkit_version": __version__}, indent=2))
-    data = _Data(cfg, scan, decoded, image_size, device)
     if cfg.augment != "none" and not cfg.resume:  # what the model sees, for the user and the report
         write_augment_grid(out_dir / "augmentations.png", data, cfg)
     if data.duplicates:
@@ -359,7 +226,7 @@ def _prepare_data(cfg: TrainConfig, scan: DataScan | None, report: ProgressRepor
         report.message(f"warning: {len(data.duplicates)} validation image(s) also appear in train "
                        f"(same bytes), e.g. {data.duplicates[0]}: validation accuracy is optimistic. "
                        f"Listed in duplicates.txt; remove them from one split.")
-    return data, out_dir
+    return out_dir
 
 
 def _restore(cfg: TrainConfig, out_dir: Path, classes: list[str], model: Classifier,
@@ -381,7 +248,7 @@ def _restore(cfg: TrainConfig, out_dir: Path, classes: list[str], model: Classif
     return state
 
 
-def _final_metrics(cfg: TrainConfig, data: _Data, model: Classifier, device: torch.device, precision: str,
+def _final_metrics(cfg: TrainConfig, data: TrainingData, model: Classifier, device: torch.device, precision: str,
                    phases: list[Phase], history: list[dict], best: dict, diverged: list,
                    started: float) -> tuple[dict, dict]:
     """Evaluate the best model exactly as `graft evaluate` does; these are the reported figures."""
@@ -408,7 +275,7 @@ def _final_metrics(cfg: TrainConfig, data: _Data, model: Classifier, device: tor
     }, final
 
 
-def write_augment_grid(path: Path, data: _Data, cfg: TrainConfig) -> None:
+def write_augment_grid(path: Path, data: TrainingData, cfg: TrainConfig) -> None:
     """A PNG of augmented training samples (one per class, up to 8) beside their validation crop."""
     from ..data.preview import one_per_class, save_augment_grid
 

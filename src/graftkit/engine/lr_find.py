@@ -18,7 +18,6 @@ from pathlib import Path
 from typing import Any
 
 import numpy as np
-import torch
 from torch import nn
 
 from ..config import TrainConfig
@@ -86,12 +85,10 @@ def lr_range_test(cfg: TrainConfig, scan: Any = None, phase: str = "auto", start
         phase: ``head`` (backbone frozen, on cached features), ``full`` (every stage trained, as
             ``scratch``), or ``auto``: ``full`` for scratch, else ``head`` (the phase ``--lr`` sets).
     """
-    from ..backbones import create_backbone
-    from ..heads import Classifier
     from ..strategies import Phase, build_optimizer, set_learning_rates
-    from .features import autocast_for, resolve_precision
-    from .fit import _Data, resolve_device, scan_and_decode, seed_everything
     from .loop import to_device
+    from .prepare import prepare
+    from .runtime import autocast_for, seed_everything
 
     if phase not in PHASES:
         raise ConfigError(f"phase must be one of {', '.join(PHASES)}; got {phase!r}")
@@ -105,14 +102,9 @@ def lr_range_test(cfg: TrainConfig, scan: Any = None, phase: str = "auto", start
     seed_everything(cfg.seed)
     scratch_cache = None if cfg.cache else Path(tempfile.mkdtemp(prefix="graftkit-nocache-"))
     try:
-        device = resolve_device(cfg.device)
-        precision = resolve_precision(cfg.precision, device)
-        scan, decoded, image_size = scan_and_decode(cfg, scan, scratch_cache or cfg.cache_dir)
-        data = _Data(cfg.replace(cache_dir=scratch_cache or cfg.cache_dir), scan, decoded, image_size, device)
-        backbone = create_backbone(cfg.backbone, pretrained=cfg.pretrained and cfg.strategy != "scratch",
-                                   weights=None if cfg.strategy == "scratch" else cfg.weights)
-        model = Classifier(backbone, len(scan.classes), cfg.dropout)
-        model.to(device, memory_format=torch.channels_last if cfg.channels_last else torch.preserve_format)
+        prepared = prepare(cfg, scan, scratch_cache or cfg.cache_dir)
+        data, model, device, precision = prepared.data, prepared.model, prepared.device, prepared.precision
+        backbone = model.backbone
         flag = "--lr"
         if phase == "head":  # the phase --lr sets for feature-extraction and fine-tune
             test_phase = Phase("head", 1, 1.0, None, train_bn=False)
@@ -173,25 +165,3 @@ def lr_range_test(cfg: TrainConfig, scan: Any = None, phase: str = "auto", start
         if scratch_cache is not None:
             shutil.rmtree(scratch_cache, ignore_errors=True)
 
-
-def save_lr_find(result: LRFindResult, out_dir: str | Path, data_dir: str | Path, strategy: str) -> str:
-    """Write ``lr_find.json`` and ``lr_find.png`` into ``out_dir``; return the one-line message."""
-    import json
-
-    from ..fileio import atomic_write_bytes, atomic_write_text
-    from ..report.plots import lr_find_png
-
-    out_dir = Path(out_dir)
-    steepest = f"; steepest descent at {result.steepest_lr:.1e}" if result.steepest_lr else ""
-    message = (f"suggested learning rate {result.suggestion:.1e} (the smoothed-loss minimum at "
-               f"{result.minimum_lr:.1e}, divided by 10{steepest}) for the {result.phase} phase. Use it: "
-               f"graft train {data_dir} --strategy {strategy} {result.flag} {result.suggestion:.1e}  "
-               f"(or pass --lr-find to graft train)")
-    if result.minimum_lr >= result.lrs[int(0.95 * (len(result.lrs) - 1))]:
-        message += (f". Warning: the loss was lowest at the end of the tested range ({result.lrs[-1]:.1e}) and never "
-                    f"diverged, so the suggestion is uncertain; rerun with a higher --end-lr, or keep the default")
-    payload = {**result.to_dict(), "message": message, "data_dir": str(data_dir), "strategy": strategy,
-               "usage": f"{result.flag} {result.suggestion:.1e}"}
-    atomic_write_text(out_dir / "lr_find.json", json.dumps(payload, indent=2))
-    atomic_write_bytes(out_dir / "lr_find.png", lr_find_png(payload))
-    return message

@@ -8,7 +8,7 @@ from datetime import datetime
 from pathlib import Path
 from typing import Any, Iterable, Sequence
 
-from .. import __version__
+from .._version import __version__
 from . import plots
 from .images import jpeg_uri, png_uri, thumbnail
 from .runfiles import RunFiles, find_compare_runs, load_run

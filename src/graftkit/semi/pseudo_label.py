@@ -24,13 +24,12 @@ import torch
 
 from ..data import (DataScan, DecodedDataset, DecodedImages, ImageBatches, Sample, augment_key,
                     build_eval_transform)
-from ..data.images import is_image_name
-from ..data.scan import _walk_files
-from ..engine.features import autocast_for, fill_features, open_feature_store
-from ..engine.fit import Run, eval_batch_size
+from ..engine.features import fill_features, open_feature_store
+from ..engine.fit import Run
+from ..engine.runtime import autocast_for, eval_batch_size
 from ..engine.fusion import fold_frozen_batchnorm
 from ..engine.loop import predict_logits
-from ..errors import ConfigError, DataError
+from ..errors import ConfigError
 
 
 class ProbabilityModel(Protocol):
@@ -129,26 +128,6 @@ def with_extra_train(scan: DataScan, extra: Sequence[PseudoLabel]) -> DataScan:
     """A copy of ``scan`` whose training samples also hold ``extra`` (validation unchanged)."""
     return dataclasses.replace(scan, train=[*scan.train, *(Sample(p.path, p.label) for p in extra)],
                                warnings=[])
-
-
-def find_unlabeled_images(folder: Path, decoded: DecodedImages) -> tuple[list[Path], list[tuple[Path, str]]]:
-    """Image files under ``folder`` (recursive), decoded into the cache; unreadable ones apart."""
-    folder = Path(folder)
-    if not folder.is_dir():
-        raise DataError(f"unlabelled folder '{folder}' does not exist or is not a folder. Check --unlabeled.")
-    good, bad = [], []
-    for path in (f for f in _walk_files(folder) if is_image_name(f)):
-        reason = decoded.check_and_fill(path)
-        if reason is None:
-            good.append(path)
-        else:
-            bad.append((path, reason))
-    decoded.flush()
-    if not good:
-        raise DataError(f"no readable images under '{folder}'"
-                        + (f" ({len(bad)} unreadable, e.g. {bad[0][0]}: {bad[0][1]})" if bad else "")
-                        + ". Pass a folder of unlabelled images to --unlabeled.")
-    return good, bad
 
 
 class RunPredictor:

@@ -21,15 +21,13 @@ import torch
 from PIL import Image
 from torch.nn.modules.batchnorm import _BatchNorm
 
-from ..backbones import Backbone, create_backbone
-from ..backbones.registry import native_image_size
+from ..backbones import Backbone, create_backbone, native_image_size
 from ..config import DEVICES, default_cache_dir
-from ..data import DecodedImages, build_eval_transform, decode_size_for, scan_data
-from ..engine.checkpoint import atomic_write_text
-from ..engine.fit import resolve_device, seed_everything
+from ..data import DecodedImages, build_eval_transform, decode_size_for, find_unlabeled_images, scan_data
 from ..engine.fusion import fold_frozen_batchnorm
+from ..engine.runtime import resolve_device, seed_everything
 from ..errors import ConfigError
-from ..semi.pseudo_label import find_unlabeled_images
+from ..fileio import atomic_write_text
 from .methods import METHODS, build_method, build_views
 
 

@@ -107,7 +107,8 @@ def compare(base: TrainConfig, out_dir: str | Path, strategies: Sequence[str] = 
     Returns:
         What ``compare.json`` holds.
     """
-    from ..engine.fit import Interrupted, scan_for
+    from ..engine.fit import Interrupted
+    from ..engine.prepare import scan_for
     from ..engine.progress import ProgressReporter
     from ..report.runfiles import load_run
     from ..report.summary import summarize_comparison

@@ -1,5 +1,8 @@
 """``--freeze auto``: choose how many backbone stages stay frozen by measuring, not by rule of thumb.
 
+A workflow above the engine: it calls :func:`graftkit.engine.fit` once per candidate and once more
+for the chosen depth (``fit`` itself trains exactly one run).
+
 Each candidate depth (all frozen = feature extraction, all but the last stage, all but two, half,
 none) is trained briefly on the same split with the same seed; the best validation accuracy wins,
 and ties (within :data:`TIE_TOLERANCE`) go to the faster depth. The feature cache keeps this cheap:
@@ -123,7 +126,8 @@ def fit_auto_freeze(cfg: TrainConfig, scan: Any = None, depths: Sequence[int] | 
     why) before the final training starts. Returns the final :class:`Run`.
     """
     from ..backbones import create_backbone
-    from ..engine.fit import fit, prepare_out_dir, scan_for
+    from ..engine.fit import fit, prepare_out_dir
+    from ..engine.prepare import scan_for
     from ..engine.progress import ProgressReporter
     from ..fileio import atomic_write_text
 
@@ -162,3 +166,13 @@ def fit_auto_freeze(cfg: TrainConfig, scan: Any = None, depths: Sequence[int] | 
     report.close()
     final = candidate_config(cfg, chosen["depth"], num_stages, cfg.finetune_epochs, out_dir)
     return train(final, scan=scan)
+
+
+def train_run(cfg: TrainConfig, scan: Any = None):
+    """What ``graft train`` and ``graftkit.train`` run: :func:`fit_auto_freeze` with
+    ``cfg.freeze_auto``, else one :func:`graftkit.engine.fit`."""
+    if cfg.freeze_auto:
+        return fit_auto_freeze(cfg, scan)
+    from ..engine.fit import fit
+
+    return fit(cfg, scan=scan)

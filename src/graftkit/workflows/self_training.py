@@ -20,14 +20,13 @@ from datetime import datetime
 from pathlib import Path
 from typing import Any, Callable
 
-from ..backbones.registry import native_image_size
 from ..config import TrainConfig
-from ..data import DecodedImages, decode_size_for, scan_data
+from ..data import find_unlabeled_images
 from ..engine import Run, fit
-from ..engine.checkpoint import atomic_write_text
+from ..engine.prepare import scan_and_decode
 from ..errors import ConfigError
-from ..semi.pseudo_label import (PseudoLabelling, RunPredictor, class_caps, find_unlabeled_images, pseudo_label,
-                           with_extra_train)
+from ..fileio import atomic_write_text
+from ..semi.pseudo_label import PseudoLabelling, RunPredictor, class_caps, pseudo_label, with_extra_train
 
 RUN_FILES = ("config.json", "history.jsonl", "metrics.json", "model.safetensors", "model.json",
              "predictions.csv", "augmentations.png", "skipped.txt", "duplicates.txt")
@@ -91,8 +90,8 @@ def train_with_pseudo_labels(cfg: TrainConfig, pl: PseudoLabelConfig,
 
 def _self_train(cfg: TrainConfig, pl: PseudoLabelConfig, out: Path, cache_dir: Path,
                 on_round: Callable[[dict[str, Any]], None], started: float) -> Run:
-    decoded = DecodedImages(cache_dir, decode_size_for(cfg.image_size or native_image_size(cfg.backbone)))
-    scan = scan_data(cfg.data_dir, cfg.val_fraction, cfg.seed, cfg.skip_bad_images, checker=decoded.check_and_fill)
+    # the split every round trains and validates on: seeded as fit seeds it (and records it)
+    scan, decoded, _ = scan_and_decode(cfg, None, cache_dir)
     unlabeled, bad = find_unlabeled_images(pl.unlabeled_dir, decoded)
     labelled_keys = set(decoded.keys([s.path for s in [*scan.train, *scan.val]]))
     copies = [p for p in unlabeled if decoded.key_of[p] in labelled_keys]

@@ -1,0 +1,139 @@
+"""``prepare(cfg, scan)``: the data and the model one run trains, before its first step.
+
+``fit`` and the learning-rate range test both start here: the scan (validated, every image decoded
+once into the cache), the batches each phase trains on, and the classifier on its device.
+"""
+from __future__ import annotations
+
+import time
+from dataclasses import dataclass
+from pathlib import Path
+from typing import Any
+
+import torch
+from torch import nn
+
+from ..backbones import create_backbone, native_image_size
+from ..config import TrainConfig
+from ..data import (DataScan, DecodedDataset, DecodedImages, ImageBatches, augment_key, build_eval_transform,
+                    build_train_transform, decode_size_for, scan_data)
+from ..heads import Classifier
+from ..strategies import Phase
+from .features import FeatureBatches, TailModel, fill_features, open_feature_store
+from .progress import ProgressReporter
+from .runtime import autocast_for, eval_batch_size, resolve_device, resolve_precision, train_batch_size
+
+
+class TrainingData:
+    """The scanned data with its decoded-image cache, and the batches each phase trains on."""
+
+    def __init__(self, cfg: TrainConfig, scan: DataScan, decoded: DecodedImages, image_size: int,
+                 device: torch.device) -> None:
+        self.cfg, self.scan, self.decoded, self.image_size = cfg, scan, decoded, image_size
+        self.batch_size, self.eval_batch_size = train_batch_size(cfg, device), eval_batch_size(device)
+        self.head_batch_size = train_batch_size(cfg, device, head_only=True)
+        self.train_keys = decoded.keys([s.path for s in scan.train])
+        self.val_keys = decoded.keys([s.path for s in scan.val])
+        self.train_labels = [s.label for s in scan.train]
+        in_train = set(self.train_keys)
+        self.duplicates = [s.path for s, k in zip(scan.val, self.val_keys) if k in in_train]
+        self.val_labels = [s.label for s in scan.val]
+
+    def batches_for(self, phase: Phase, model: Classifier, device: torch.device, precision: str,
+                    report: ProgressReporter) -> tuple[nn.Module, Any, Any]:
+        """(module to train, train batches, val batches) for a phase.
+
+        A frozen prefix (stages before the first trainable one) runs once per image and view and
+        is cached; the module to train is then only the rest of the network.
+        """
+        cfg, backbone = self.cfg, model.backbone
+        cut = backbone.num_stages if phase.first_trainable is None else phase.first_trainable
+        train_tf = build_train_transform(self.image_size, backbone.mean, backbone.std, cfg.augment)
+        eval_tf = build_eval_transform(self.image_size, backbone.mean, backbone.std)
+        num_views = None if cut == 0 else (1 if cfg.augment == "none" else cfg.cache_views)
+        batch_size = self.head_batch_size if cut == backbone.num_stages and cfg.cache else self.batch_size
+        drop_last = len(self.train_keys) > batch_size
+        if cut > 0 and cfg.cache:
+            store = open_feature_store(cfg.cache_dir, model, cut, self.image_size, self.decoded.size,
+                                       augment_key(cfg.augment), precision, cfg.fold_bn)
+            views = list(range(num_views))
+            todo = len(store.missing(f"{k}:{v}" for k in self.train_keys for v in views)) + \
+                len(store.missing(f"{k}:0" for k in self.val_keys))
+            if todo:
+                report.start_epoch(f"caching stages 0-{cut - 1}", todo)
+            started = time.perf_counter()
+            for keys, key_views in ((self.train_keys, views), (self.val_keys, [0])):
+                fill_features(store, model, cut, self.decoded, keys, key_views, train_tf, eval_tf, device,
+                              autocast_for(device, precision), self.eval_batch_size,
+                              on_batch=report.advance, fold_bn=cfg.fold_bn)
+            if todo:
+                report.end_epoch(f"cached {todo} feature rows (stages 0-{cut - 1}, {len(views)} view(s) per "
+                                 f"training image) in {time.perf_counter() - started:.1f}s")
+            train = FeatureBatches(store, self.train_keys, self.train_labels, batch_size, shuffle=True,
+                                   seed=cfg.seed, drop_last=drop_last, num_views=num_views)
+            val = FeatureBatches(store, self.val_keys, self.val_labels, self.eval_batch_size)
+            return TailModel(model, cut), train, val
+        pin = device.type == "cuda"
+        train = ImageBatches(DecodedDataset(self.decoded, self.train_keys, self.train_labels, train_tf, eval_tf),
+                             batch_size, shuffle=True, seed=cfg.seed, drop_last=drop_last,
+                             num_views=num_views, num_workers=cfg.num_workers, pin_memory=pin)
+        val = self.val_batches(eval_tf, pin)
+        return model, train, val
+
+    def val_batches(self, eval_tf, pin: bool = False) -> ImageBatches:
+        return ImageBatches(DecodedDataset(self.decoded, self.val_keys, self.val_labels, eval_tf),
+                            self.eval_batch_size, num_workers=self.cfg.num_workers, pin_memory=pin)
+
+
+def scan_for(cfg: TrainConfig) -> DataScan:
+    """Scan and validate ``cfg.data_dir`` as ``fit`` would, filling the decoded-image cache on the way:
+    for callers that train several times on one split (``graft compare``, ``--freeze auto``)."""
+    if not cfg.cache:
+        return scan_data(cfg.data_dir, cfg.val_fraction, cfg.resolved_split_seed, cfg.skip_bad_images)
+    return scan_and_decode(cfg, None, cfg.cache_dir)[0]
+
+
+def scan_and_decode(cfg: TrainConfig, scan: DataScan | None,
+                    cache_dir: Path) -> tuple[DataScan, DecodedImages, int]:
+    """Scan and validate the data (unless ``scan`` is given), decoding every image once into the
+    decoded-image cache; returns the scan, the cache and the resolved image size. The validation
+    hold-out of a class-folder root is seeded by ``cfg.resolved_split_seed``, the seed every run
+    records (``model.json``: ``split.seed``) so that ``graft evaluate`` rebuilds it."""
+    image_size = cfg.image_size or native_image_size(cfg.backbone)
+    decoded = DecodedImages(cache_dir, decode_size_for(image_size))
+    if scan is None:
+        scan = scan_data(cfg.data_dir, cfg.val_fraction, cfg.resolved_split_seed, cfg.skip_bad_images,
+                         checker=decoded.check_and_fill)
+    else:
+        for sample in [*scan.train, *scan.val]:
+            decoded.check_and_fill(sample.path)
+    decoded.flush()
+    return scan, decoded, image_size
+
+
+@dataclass
+class Prepared:
+    """What a run trains: its data (and batches), the classifier on its device, the precision."""
+
+    data: TrainingData
+    model: Classifier
+    device: torch.device
+    precision: str
+
+    @property
+    def scan(self) -> DataScan:
+        return self.data.scan
+
+
+def prepare(cfg: TrainConfig, scan: DataScan | None = None, cache_dir: Path | None = None) -> Prepared:
+    """The data (scanned unless ``scan`` is given, decoded into ``cache_dir``, default
+    ``cfg.cache_dir``) and a fresh classifier for ``cfg``, on the device it asks for."""
+    device = resolve_device(cfg.device)
+    precision = resolve_precision(cfg.precision, device)
+    scan, decoded, image_size = scan_and_decode(cfg, scan, cache_dir or cfg.cache_dir)
+    data = TrainingData(cfg, scan, decoded, image_size, device)
+    backbone = create_backbone(cfg.backbone, pretrained=cfg.pretrained and cfg.strategy != "scratch",
+                               weights=cfg.weights)
+    model = Classifier(backbone, len(scan.classes), cfg.dropout)
+    model.to(device, memory_format=torch.channels_last if cfg.channels_last else torch.preserve_format)
+    return Prepared(data, model, device, precision)

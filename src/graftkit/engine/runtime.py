@@ -1,0 +1,72 @@
+"""Per-run runtime choices: the device, seeding, batch sizes, precision and its autocast.
+
+Nothing here changes the process beyond the run (the allocator tuning of ``graft`` is in
+:mod:`graftkit.hardware`, opt-in from the API).
+"""
+from __future__ import annotations
+
+import contextlib
+import random
+from pathlib import Path
+from typing import Callable
+
+import numpy as np
+import torch
+
+from ..config import TrainConfig
+from ..errors import ConfigError
+
+
+def resolve_device(name: str) -> torch.device:
+    """The device to train on."""
+    if name == "cuda" and not torch.cuda.is_available():
+        raise ConfigError("--device cuda was asked for but no CUDA GPU is visible; use --device cpu or auto")
+    if name == "auto":
+        return torch.device("cuda" if torch.cuda.is_available() else "cpu")
+    return torch.device(name)
+
+
+def seed_everything(seed: int) -> None:
+    random.seed(seed)
+    np.random.seed(seed % 2**32)
+    torch.manual_seed(seed)
+
+
+def train_batch_size(cfg: TrainConfig, device: torch.device, head_only: bool = False) -> int:
+    """``--batch-size`` if given, else 64 on a GPU, and on a CPU 32: with the allocator tuned
+    (graftkit.hardware) EfficientNet-Lite0 trains ~1.08x faster per image than at 16, in ~2.6 GB, and
+    larger batches gain little more. A head trained on cached features costs milliseconds per epoch
+    at any batch size, so there the CPU default is 16: twice the updates per epoch."""
+    if cfg.batch_size:
+        return cfg.batch_size
+    return 64 if device.type == "cuda" else (16 if head_only else 32)
+
+
+def eval_batch_size(device: torch.device) -> int:
+    """Fixed per device type, so `graft evaluate` batches exactly as training's final evaluation."""
+    return 128 if device.type == "cuda" else 16
+
+
+def autocast_for(device: torch.device, precision: str) -> Callable[[], contextlib.AbstractContextManager]:
+    """A factory of autocast contexts for ``precision`` ("bf16" or "fp32") on ``device``."""
+    if precision == "bf16":
+        return lambda: torch.autocast(device.type, dtype=torch.bfloat16)
+    return contextlib.nullcontext
+
+
+def resolve_precision(precision: str, device: torch.device) -> str:
+    if precision != "auto":
+        return precision
+    if device.type == "cuda":
+        return "bf16" if torch.cuda.is_bf16_supported() else "fp32"
+    # Without native bf16 instructions oneDNN emulates bf16 and runs about 2x slower than fp32
+    # (measured on an AVX-512 Xeon without avx512_bf16/amx): use it only where the CPU has them.
+    return "bf16" if cpu_has_native_bf16() else "fp32"
+
+
+def cpu_has_native_bf16() -> bool:
+    try:
+        flags = Path("/proc/cpuinfo").read_text()
+    except OSError:
+        return False
+    return any(flag in flags for flag in ("avx512_bf16", "amx_bf16"))
