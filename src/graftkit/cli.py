@@ -395,6 +395,9 @@ cli_scarce.register(app)  # subsample, label-efficiency, augment-preview, pretra
 
 
 def main() -> None:
+    from .hardware import tune_cpu_allocator
+
+    tune_cpu_allocator()  # graft's own process: keep activation memory in the heap (graftkit.hardware)
     try:
         app()
     except GraftError as exc:

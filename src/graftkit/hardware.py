@@ -7,7 +7,10 @@ step pays page faults to zero ~300 MB of fresh pages again (EfficientNet-Lite0, 
 measured on 2 cores, the train step gets ~1.1x faster and the forward pass ~1.7x (BENCHMARKS.md).
 The cost: the process keeps its peak heap until it exits instead of shrinking after each step.
 
-Set ``GRAFTKIT_MALLOC=default`` to leave the allocator alone.
+This is process-wide, so the library never does it on its own: ``graft`` (the CLI entry point) calls
+:func:`tune_cpu_allocator` at start, and a program of your own that trains for long opts in with
+``graftkit.tune_cpu_allocator()``. ``graftkit.load()`` and ``ImageClassifier`` leave the process
+alone. Set ``GRAFTKIT_MALLOC=default`` to leave the allocator alone in ``graft`` too.
 """
 from __future__ import annotations
 
@@ -34,3 +37,8 @@ def tune_cpu_allocator() -> bool:
     mallopt.argtypes, mallopt.restype = [ctypes.c_int, ctypes.c_int], ctypes.c_int
     # 1 GiB: blocks of any activation size come from the heap; trim only above 2 GiB of free top.
     return bool(mallopt(_M_MMAP_THRESHOLD, 1 << 30)) and bool(mallopt(_M_TRIM_THRESHOLD, (1 << 31) - 1))
+
+
+def allocator_tuned() -> bool:
+    """Whether :func:`tune_cpu_allocator` has run in this process and took effect (without running it)."""
+    return tune_cpu_allocator.cache_info().currsize > 0 and tune_cpu_allocator()

@@ -1,7 +1,28 @@
-"""Classification metrics from labels and predictions."""
+"""Classification metrics, one implementation (scikit-learn's) for training, ``graft evaluate`` and
+the reports: accuracy, per-class precision/recall/F1, the confusion matrix and the log-loss."""
 from __future__ import annotations
 
+from typing import Sequence
+
 import numpy as np
+
+
+def accuracy(labels: Sequence[int] | np.ndarray, preds: Sequence[int] | np.ndarray) -> float:
+    """The fraction of ``preds`` equal to ``labels`` (0.0 for no images)."""
+    from sklearn.metrics import accuracy_score
+
+    return float(accuracy_score(np.asarray(labels), np.asarray(preds))) if len(labels) else 0.0
+
+
+def log_loss(labels: Sequence[int] | np.ndarray, probs: np.ndarray) -> float:
+    """Mean cross-entropy of ``(N, C)`` class probabilities against ``labels`` (natural log)."""
+    from sklearn.metrics import log_loss as sk_log_loss
+
+    probs = np.asarray(probs, dtype=np.float64)
+    if not len(probs) or not np.isfinite(probs).all():  # a diverged model: the caller stops on nan
+        return float("nan")
+    probs = probs / probs.sum(axis=1, keepdims=True)  # float32 softmax rows sum to 1 only to ~1e-7
+    return float(sk_log_loss(np.asarray(labels), probs, labels=list(range(probs.shape[1]))))
 
 
 def classification_metrics(labels: np.ndarray, preds: np.ndarray, classes: list[str]) -> dict:
@@ -9,13 +30,19 @@ def classification_metrics(labels: np.ndarray, preds: np.ndarray, classes: list[
     from sklearn.metrics import confusion_matrix, precision_recall_fscore_support
 
     index = list(range(len(classes)))
-    precision, recall, f1, support = precision_recall_fscore_support(
-        labels, preds, labels=index, zero_division=0)
+    labels, preds = np.asarray(labels, dtype=np.int64), np.asarray(preds, dtype=np.int64)
+    if len(labels):
+        precision, recall, f1, support = precision_recall_fscore_support(
+            labels, preds, labels=index, zero_division=0)
+        matrix = confusion_matrix(labels, preds, labels=index).tolist()
+    else:
+        precision = recall = f1 = support = np.zeros(len(classes))
+        matrix = [[0] * len(classes) for _ in classes]
     return {
-        "accuracy": float(np.mean(np.asarray(labels) == np.asarray(preds))) if len(labels) else 0.0,
+        "accuracy": accuracy(labels, preds),
         "num_images": int(len(labels)),
         "per_class": {c: {"precision": float(precision[i]), "recall": float(recall[i]),
                           "f1": float(f1[i]), "support": int(support[i])} for i, c in enumerate(classes)},
-        "confusion_matrix": confusion_matrix(labels, preds, labels=index).tolist(),
+        "confusion_matrix": matrix,
         "classes": list(classes),
     }

@@ -15,7 +15,7 @@ from .engine.checkpoint import load_model
 from .engine.fusion import fold_frozen_batchnorm
 from .engine.loop import predict_logits
 from .engine.runtime import autocast_for, eval_batch_size
-from .metrics import classification_metrics
+from .metrics import classification_metrics, log_loss
 from .errors import CheckpointError, DataError
 
 
@@ -155,7 +155,7 @@ class ImageClassifier:
         probs = self.predict_proba([s.path for s in samples])
         labels = np.array(to_model)
         result = classification_metrics(labels, probs.argmax(1), self.classes)
-        result["loss"] = float(-np.mean(np.log(np.clip(probs[np.arange(len(labels)), labels], 1e-12, 1))))
+        result["loss"] = log_loss(labels, probs)  # as training computes val_loss (graftkit.metrics)
         result["split"] = split
         result["data_dir"] = str(data_dir)
         return result

@@ -17,6 +17,7 @@ from __future__ import annotations
 
 import contextlib
 import functools
+import logging
 import math
 from typing import Iterator
 
@@ -107,6 +108,15 @@ class _ConvClamp(torch.autograd.Function):
         return (*grads, None, None, None, None, None, None)
 
 
+_log = logging.getLogger("graftkit")
+_FUSED = {"failed": False}  # set once the op raised at run time: the plain path from then on
+
+
+def fused_conv_available() -> bool:
+    """Whether ``conv2d_clamp`` can run as one oneDNN kernel in this process."""
+    return not _FUSED["failed"] and _has_fused_conv_op()
+
+
 @functools.cache
 def _has_fused_conv_op() -> bool:
     """oneDNN's conv + pointwise op (a private op inductor uses); absent from some builds."""
@@ -118,15 +128,26 @@ def _has_fused_conv_op() -> bool:
 
 def _can_fuse_conv_clamp(x: torch.Tensor, padding) -> bool:
     return (x.device.type == "cpu" and x.dtype == torch.float32 and x.dim() == 4 and not isinstance(padding, str)
-            and _has_fused_conv_op() and torch.backends.mkldnn.enabled and not torch.is_autocast_enabled("cpu"))
+            and fused_conv_available() and torch.backends.mkldnn.enabled and not torch.is_autocast_enabled("cpu"))
+
+
+def _clamp(out: torch.Tensor, bounds: tuple[float, float]) -> torch.Tensor:
+    return F.relu(out) if bounds[1] == math.inf else F.hardtanh(out, *bounds)
 
 
 def conv2d_clamp(x, weight, bias, stride, padding, dilation, groups, bounds):
-    """``conv2d`` then ``clamp`` to ``bounds``, as one kernel where oneDNN can do it."""
+    """``conv2d`` then ``clamp`` to ``bounds``, as one kernel where oneDNN can do it. Should the
+    private op raise (a build or input it does not support), this and every later call take the
+    plain path, with one log line."""
     if _can_fuse_conv_clamp(x, padding):
-        return _ConvClamp.apply(x, weight, bias, tuple(stride), tuple(padding), tuple(dilation), groups, *bounds)
-    out = F.conv2d(x, weight, bias, stride, padding, dilation, groups)
-    return F.relu(out) if bounds[1] == math.inf else F.hardtanh(out, *bounds)
+        try:
+            return _ConvClamp.apply(x, weight, bias, tuple(stride), tuple(padding), tuple(dilation), groups,
+                                    *bounds)
+        except RuntimeError as exc:
+            _FUSED["failed"] = True
+            _log.warning("oneDNN's fused convolution + activation failed (%s); using the plain "
+                         "convolution from now on", str(exc).splitlines()[0] if str(exc) else type(exc).__name__)
+    return _clamp(F.conv2d(x, weight, bias, stride, padding, dilation, groups), bounds)
 
 
 def _folded_conv_forward(conv: nn.Module, bn: nn.BatchNorm2d, clamp: tuple[float, float] | None = None):
@@ -138,8 +159,9 @@ def _folded_conv_forward(conv: nn.Module, bn: nn.BatchNorm2d, clamp: tuple[float
         scale = bn.weight * torch.rsqrt(bn.running_var + bn.eps)
         weight = conv.weight * scale.reshape(-1, 1, 1, 1)
         bias = bn.bias - bn.running_mean * scale
-        if kind == "conv2d" and conv.padding_mode != "zeros":
-            return conv._conv_forward(x, weight, bias)
+        if kind == "conv2d" and conv.padding_mode != "zeros":  # reflect/replicate/circular: torch pads
+            out = conv._conv_forward(x, weight, bias)
+            return out if clamp is None else _clamp(out, clamp)  # the BatchNorm's act is no longer run
         padding = conv.padding if kind == "conv2d" else (0, 0)
         if kind == "same":
             left, right, top, bottom = pad_same_arg(list(x.shape[-2:]), conv.kernel_size, conv.stride,

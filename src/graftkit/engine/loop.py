@@ -8,6 +8,7 @@ from typing import Callable, Iterable
 import torch
 from torch import nn
 
+from .. import metrics
 from ..errors import GraftError
 
 
@@ -75,9 +76,10 @@ def predict_logits(model: nn.Module, loader: Iterable, device: torch.device, cha
 
 def evaluate(model: nn.Module, loader: Iterable, device: torch.device, channels_last: bool = True,
              autocast: Callable = contextlib.nullcontext) -> dict:
-    """Validation loss (plain cross-entropy), accuracy, and the probabilities behind them."""
+    """Validation loss (plain cross-entropy), accuracy, and the probabilities behind them; the
+    figures come from :mod:`graftkit.metrics`, as ``graft evaluate``'s do."""
     logits, labels = predict_logits(model, loader, device, channels_last, autocast)
-    loss = nn.functional.cross_entropy(logits, labels).item()
     probs = logits.softmax(1)
-    accuracy = (probs.argmax(1) == labels).sum().item() / max(len(labels), 1)
-    return {"val_loss": loss, "val_accuracy": accuracy, "probs": probs, "labels": labels}
+    return {"val_loss": metrics.log_loss(labels.numpy(), probs.numpy()),
+            "val_accuracy": metrics.accuracy(labels.numpy(), probs.argmax(1).numpy()), "probs": probs,
+            "labels": labels}

@@ -7,6 +7,7 @@ from typing import Any, Sequence
 
 import numpy as np
 
+from ..metrics import classification_metrics
 from .runfiles import RunFiles
 
 INTERVAL_DEFINITION = ("95% Student-t confidence interval of the mean over seeds: "
@@ -26,21 +27,9 @@ def per_class_metrics(predictions: Sequence[dict[str, Any]], classes: Sequence[s
         for name in (row["label"], row["predicted"]):
             if name not in index:
                 index[name] = len(index)
-    names = list(index)
-    matrix = np.zeros((len(names), len(names)), dtype=int)
-    for row in predictions:
-        matrix[index[row["label"]], index[row["predicted"]]] += 1
-    per_class = {}
-    for i, name in enumerate(names):
-        true_positive, predicted, support = matrix[i, i], matrix[:, i].sum(), matrix[i, :].sum()
-        precision = true_positive / predicted if predicted else 0.0
-        recall = true_positive / support if support else 0.0
-        f1 = 2 * precision * recall / (precision + recall) if precision + recall else 0.0
-        per_class[name] = {"precision": float(precision), "recall": float(recall), "f1": float(f1),
-                           "support": int(support)}
-    total = int(matrix.sum())
-    return {"accuracy": float(np.trace(matrix) / total) if total else 0.0, "num_images": total,
-            "classes": names, "per_class": per_class, "confusion_matrix": matrix.tolist()}
+    labels = [index[row["label"]] for row in predictions]
+    predicted = [index[row["predicted"]] for row in predictions]
+    return classification_metrics(np.array(labels, dtype=np.int64), np.array(predicted, dtype=np.int64), list(index))
 
 
 def worst_predictions(predictions: Sequence[dict[str, Any]], count: int) -> list[dict[str, Any]]:

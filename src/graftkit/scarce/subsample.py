@@ -107,7 +107,7 @@ def _flat_name(sample: Sample, root: Path, used: set[str]) -> str:
 
 
 def subsample(data_dir: str | Path, per_class: int | None, out_dir: str | Path, seed: int = 0,
-              val_fraction: float = 0.2, scan: DataScan | None = None) -> Subsample:
+              val_fraction: float = 0.2, scan: DataScan | None = None, split_seed: int = 0) -> Subsample:
     """Write a labelled subset of ``per_class`` images per class and the rest as unlabelled.
 
     Args:
@@ -117,6 +117,7 @@ def subsample(data_dir: str | Path, per_class: int | None, out_dir: str | Path, 
         seed: which images are picked (the same seed picks the same images).
         val_fraction: held out per class when ``data_dir`` has no ``val/`` (as in training).
         scan: an existing scan of ``data_dir`` (saves listing it again).
+        split_seed: seeds that hold-out, as ``graft train --seed`` seeds it (``TrainConfig.resolved_split_seed``).
 
     Raises:
         ConfigError: ``out_dir`` is not empty, or ``per_class`` < 1.
@@ -126,7 +127,7 @@ def subsample(data_dir: str | Path, per_class: int | None, out_dir: str | Path, 
     out = Path(out_dir)
     if out.exists() and any(out.iterdir()):
         raise ConfigError(f"'{out}' is not empty; pass a new --out folder (nothing was overwritten).")
-    scan = scan or scan_data(data_dir, val_fraction, seed=0, verify=False)
+    scan = scan or scan_data(data_dir, val_fraction, seed=split_seed, verify=False)
     labelled, rest = choose_labelled(scan, per_class, seed)
     warnings = []
     if per_class is not None:
@@ -173,6 +174,7 @@ def subsample(data_dir: str | Path, per_class: int | None, out_dir: str | Path, 
                        link_method, warnings)
     (out / "subsample.json").write_text(json.dumps({
         "source": str(Path(data_dir).resolve()), "per_class": per_class, "seed": seed,
+        "split": {"layout": scan.layout, "val_fraction": val_fraction, "seed": split_seed},
         "classes": scan.classes, "train": result.train_counts, "val": result.val_counts,
         "unlabeled": result.unlabeled_counts, "link_method": link_method, "warnings": warnings}, indent=2))
     return result

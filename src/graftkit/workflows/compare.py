@@ -50,11 +50,16 @@ def _peak_rss_mb() -> float:
     return peak / 2**20 if sys.platform == "darwin" else peak / 1024  # bytes on macOS, KiB on Linux
 
 
-def _train_and_measure(cfg: TrainConfig, scan: Any) -> dict[str, Any]:
-    """Run one training (in a fresh process when isolated) and measure its peak memory."""
+def _train_and_measure(cfg: TrainConfig, scan: Any, tune_allocator: bool = False) -> dict[str, Any]:
+    """Run one training (in a fresh process when isolated) and measure its peak memory.
+    ``tune_allocator``: the fresh process takes the allocator setting of the one that started it."""
     import torch
 
     from ..engine import fit
+    from ..hardware import tune_cpu_allocator
+
+    if tune_allocator:
+        tune_cpu_allocator()
 
     before = _peak_rss_mb()  # the interpreter, torch and graftkit, loaded
     run = fit(cfg, scan=scan)
@@ -69,8 +74,10 @@ def _run_isolated(cfg: TrainConfig, scan: Any) -> dict[str, Any]:
     import multiprocessing
     from concurrent.futures import ProcessPoolExecutor
 
+    from ..hardware import allocator_tuned
+
     with ProcessPoolExecutor(max_workers=1, mp_context=multiprocessing.get_context("spawn")) as pool:
-        return pool.submit(_train_and_measure, cfg, scan).result()
+        return pool.submit(_train_and_measure, cfg, scan, allocator_tuned()).result()
 
 
 def _same_run(run_dir: Path, cfg: TrainConfig) -> None:

@@ -53,15 +53,20 @@ def label_efficiency(cfg: TrainConfig, sizes: Sequence[int | None], seeds: int, 
         raise ConfigError(f"'{out}' already holds a label-efficiency result; pass another --out.")
     out.mkdir(parents=True, exist_ok=True)
     started = time.perf_counter()
-    scan = scan_data(cfg.data_dir, cfg.val_fraction, seed=0, verify=False)
+    # One hold-out for every size and seed, seeded as fit seeds it (cfg.resolved_split_seed) and
+    # recorded by every run (model.json split.seed), so `graft evaluate RUN DATA` rebuilds it.
+    split_seed = cfg.resolved_split_seed
+    scan = scan_data(cfg.data_dir, cfg.val_fraction, seed=split_seed, verify=False)
     results = []
     for size in sizes:
         runs = []
         for seed in range(seeds):
             name = f"{'all' if size is None else size}-per-class-seed{seed}"
             with tempfile.TemporaryDirectory(prefix="graftkit-subset-") as tmp:
-                subset = subsample(cfg.data_dir, size, Path(tmp) / "data", seed=seed, scan=scan)
-                run = fit(cfg.replace(data_dir=subset.out_dir, seed=seed, out_dir=out / "runs" / name))
+                subset = subsample(cfg.data_dir, size, Path(tmp) / "data", seed=seed, val_fraction=cfg.val_fraction,
+                                   scan=scan, split_seed=split_seed)
+                run = fit(cfg.replace(data_dir=subset.out_dir, seed=seed, split_seed=split_seed,
+                                      out_dir=out / "runs" / name))
                 (run.out_dir / "subsample.json").write_text((subset.out_dir / "subsample.json").read_text())
             row = {"seed": seed, "val_accuracy": run.metrics["val_accuracy"],
                    "num_train": run.metrics["num_train"], "seconds": run.metrics["seconds_total"],
@@ -75,6 +80,7 @@ def label_efficiency(cfg: TrainConfig, sizes: Sequence[int | None], seeds: int, 
                         "val_accuracy": mean_interval(accuracies), "runs": runs})
     summary = {
         "data_dir": str(cfg.data_dir), "classes": scan.classes, "num_val": len(scan.val), "seeds": seeds,
+        "split": {"val_fraction": cfg.val_fraction, "seed": split_seed},
         "strategy": cfg.strategy, "backbone": cfg.backbone,
         "budget": {k: getattr(cfg, k) for k in ("head_epochs", "finetune_epochs", "epochs", "lr",
                                                 "finetune_lr", "augment", "image_size")},
@@ -101,19 +107,20 @@ def _gains(results: list[dict[str, Any]]) -> list[str]:
 
 
 def plot_label_efficiency(summary: dict[str, Any], path: Path) -> Path:
-    """Accuracy (mean and 95 % interval) against labelled images per class, log-scaled."""
-    try:
-        import matplotlib
+    """Accuracy (mean and 95 % interval) against labelled images per class, log-scaled.
 
-        matplotlib.use("Agg")
-        import matplotlib.pyplot as plt
+    Drawn on a ``matplotlib.figure.Figure`` of its own (as report/plots.py does): pyplot, its global
+    state and the process's backend are left alone."""
+    try:
+        from matplotlib.figure import Figure
     except ImportError:
         raise ConfigError("the label-efficiency plot needs matplotlib: pip install graftkit[plots]") from None
     sizes = summary["sizes"]
     x = [s["mean_per_class"] for s in sizes]
     y = [100 * s["val_accuracy"]["mean"] for s in sizes]
     err = [100 * (s["val_accuracy"]["half_width"] or 0.0) for s in sizes]
-    fig, ax = plt.subplots(figsize=(6, 4))
+    fig = Figure(figsize=(6, 4))
+    ax = fig.subplots()
     ax.errorbar(x, y, yerr=err, marker="o", capsize=4)
     for s, xi, yi in zip(sizes, x, y):
         ax.annotate(f"{yi:.1f}", (xi, yi), textcoords="offset points", xytext=(0, 8), ha="center", fontsize=8)
@@ -130,5 +137,4 @@ def plot_label_efficiency(summary: dict[str, Any], path: Path) -> Path:
     ax.grid(alpha=0.3)
     fig.tight_layout()
     fig.savefig(path, dpi=120)
-    plt.close(fig)
     return path

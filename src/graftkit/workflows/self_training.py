@@ -134,6 +134,7 @@ def _self_train(cfg: TrainConfig, pl: PseudoLabelConfig, out: Path, cache_dir: P
     _write_pseudo_labels(out / "pseudo_labels.csv", all_chosen, scan.classes)
     _write_label_next(out / "label_next.csv", final, scan.classes, pl.label_next)
     summary = {"unlabeled_dir": str(pl.unlabeled_dir), "num_unlabeled": len(unlabeled),
+               "split": {"val_fraction": cfg.val_fraction, "seed": cfg.resolved_split_seed},
                "settings": {"rounds": pl.rounds, "threshold": pl.threshold, "class_quantile": pl.class_quantile,
                             "max_ratio": pl.max_ratio, "max_per_class": pl.max_per_class},
                "caps": dict(zip(scan.classes, [min(c, len(unlabeled)) for c in caps])),
