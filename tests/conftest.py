@@ -42,7 +42,10 @@ def class_folder(tmp_path: Path) -> Path:
 @pytest.fixture
 def split_folder(tmp_path: Path) -> Path:
     """train/ + val/ with three colour classes."""
-    root = tmp_path / "splits"
+    return _split_colours(tmp_path / "splits")
+
+
+def _split_colours(root: Path) -> Path:
     for i, (name, rgb) in enumerate({"red": (210, 40, 40), "green": (40, 210, 40),
                                      "blue": (40, 40, 210)}.items()):
         write_color_images(root / "train" / name, rgb, 8, seed=i)
@@ -50,8 +53,47 @@ def split_folder(tmp_path: Path) -> Path:
     return root
 
 
+@pytest.fixture(scope="session")
+def session_run(tmp_path_factory) -> Path:
+    """One finished fine-tune run (tiny_cnn, split_folder-like data), trained once per test session
+    for the tests that only read it (reports, loading, predicting). Do not change its data."""
+    from graftkit import TrainConfig, fit
+
+    root = tmp_path_factory.mktemp("session-run")
+    data = _split_colours(root / "splits")
+    cfg = TrainConfig(data_dir=data, strategy="fine-tune", out_dir=root / "run", lr=1e-2,
+                      cache_dir=root / "cache", **{**TINY, "head_epochs": 2, "finetune_epochs": 1})
+    return fit(cfg).out_dir
+
+
 TINY = dict(backbone="tiny_cnn", image_size=32, epochs=2, head_epochs=1, finetune_epochs=1,
             batch_size=8, device="cpu", progress="none", num_workers=0)
+
+
+def graft(*args: str, cwd: Path | None = None) -> subprocess.CompletedProcess:
+    """Run ``graft ARGS`` in this process through the console entry point (``graftkit.cli.main``):
+    exit code, stdout and stderr as a user sees them, without paying a new interpreter importing
+    torch (8-14 s on 2 loaded cores). Use :func:`run_graft` where the process itself is the point."""
+    import contextlib
+    import io
+
+    from graftkit import cli
+
+    out, err, code = io.StringIO(), io.StringIO(), 0
+    saved_argv, saved_cwd = sys.argv, os.getcwd()
+    sys.argv = ["graft", *args]
+    try:
+        if cwd is not None:
+            os.chdir(cwd)
+        with contextlib.redirect_stdout(out), contextlib.redirect_stderr(err):
+            try:
+                cli.main()
+            except SystemExit as exc:
+                code = exc.code if isinstance(exc.code, int) else (0 if exc.code is None else 1)
+    finally:
+        sys.argv = saved_argv
+        os.chdir(saved_cwd)
+    return subprocess.CompletedProcess(["graft", *args], code, out.getvalue(), err.getvalue())
 
 
 def run_graft(*args: str, cwd: Path | None = None) -> subprocess.CompletedProcess:

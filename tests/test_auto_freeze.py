@@ -9,7 +9,7 @@ import pytest
 from graftkit import ConfigError, TrainConfig, fit
 from graftkit.workflows.freeze_auto import candidate_depths, depth_label, fit_auto_freeze, pick_depth, train_run
 
-from .conftest import TINY, run_graft
+from .conftest import TINY, graft
 
 
 def test_candidate_depths_are_bounded_and_span_all_to_none():
@@ -80,7 +80,7 @@ def test_freeze_auto_chooses_feature_extraction_when_it_wins(class_folder, tmp_p
 
 def test_freeze_auto_end_to_end_from_the_cli(class_folder, tmp_path):
     out = tmp_path / "run"
-    done = run_graft("train", str(class_folder), "--freeze", "auto", "--backbone", "tiny_cnn", "--image-size", "32",
+    done = graft("train", str(class_folder), "--freeze", "auto", "--backbone", "tiny_cnn", "--image-size", "32",
                      "--batch-size", "8", "--device", "cpu", "--head-epochs", "1", "--finetune-epochs", "2",
                      "--out", str(out))
     assert done.returncode == 0, done.stderr
@@ -92,9 +92,9 @@ def test_freeze_auto_end_to_end_from_the_cli(class_folder, tmp_path):
     assert chosen["val_accuracy"] >= best - 0.005
     config = json.loads((out / "config.json").read_text())
     assert config["freeze_auto"] is False  # the final run trains the chosen depth, resumable as it is
-    assert run_graft("report", str(out), "--gradcam", "0").returncode == 0
+    assert graft("report", str(out), "--gradcam", "0").returncode == 0
     assert "Freeze depth chosen by measurement" in (out / "report.html").read_text()
-    bad = run_graft("train", str(class_folder), "--freeze", "some")
+    bad = graft("train", str(class_folder), "--freeze", "some")
     assert bad.returncode == 2 and "--freeze" in bad.stderr
 
 

@@ -7,7 +7,7 @@ import torch
 from graftkit import TrainConfig, fit
 from graftkit.cache import ArrayStore, cache_summary, clear_cache
 
-from .conftest import TINY, run_graft
+from .conftest import TINY, graft
 
 
 def test_array_store_roundtrip_and_reopen(tmp_path):
@@ -77,8 +77,8 @@ def test_cache_cli(tmp_path, split_folder):
     cache_dir = tmp_path / "c"
     store = ArrayStore(cache_dir / "decoded" / "k", (2,), "uint8", {"description": "d"})
     store.put(["a"], np.zeros((1, 2), np.uint8))
-    info = run_graft("cache", "info", "--cache-dir", str(cache_dir))
+    info = graft("cache", "info", "--cache-dir", str(cache_dir))
     assert info.returncode == 0 and "1 store(s)" in info.stdout
-    cleared = run_graft("cache", "clear", "--cache-dir", str(cache_dir))
+    cleared = graft("cache", "clear", "--cache-dir", str(cache_dir))
     assert cleared.returncode == 0 and "freed" in cleared.stdout
-    assert "0 store(s)" in run_graft("cache", "info", "--cache-dir", str(cache_dir)).stdout
+    assert "0 store(s)" in graft("cache", "info", "--cache-dir", str(cache_dir)).stdout

@@ -10,7 +10,7 @@ from graftkit import ConfigError, TrainConfig, fit
 from graftkit.workflows.compare import budget_fields, compare
 from graftkit.report import write_report
 
-from .conftest import TINY, run_graft
+from .conftest import TINY, graft
 from .test_report import assert_self_contained
 
 BASE = {k: v for k, v in TINY.items() if k not in ("epochs", "head_epochs", "finetune_epochs")}
@@ -67,7 +67,7 @@ def test_compare_trains_each_strategy_and_seed_on_one_split(class_folder, tmp_pa
 
 def test_compare_cli_isolated_runs_and_a_time_budget(class_folder, tmp_path):
     out = tmp_path / "C"
-    done = run_graft("compare", str(class_folder), "--out", str(out), "--strategies", "scratch,fine-tune",
+    done = graft("compare", str(class_folder), "--out", str(out), "--strategies", "scratch,fine-tune",
                      "--seeds", "1", "--budget-epochs", "4", "--budget-minutes", "0.0001", "--backbone", "tiny_cnn",
                      "--image-size", "32", "--batch-size", "8", "--device", "cpu", "--quiet", "--no-report")
     assert done.returncode == 0, done.stderr

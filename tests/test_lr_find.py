@@ -10,7 +10,7 @@ from graftkit import ConfigError, TrainConfig
 from graftkit.engine.lr_find import lr_range_test, lr_schedule, suggest_lr
 from graftkit.report.lr_find import save_lr_find
 
-from .conftest import TINY, run_graft
+from .conftest import TINY, graft
 
 
 def test_schedule_is_exponential_between_the_bounds():
@@ -55,18 +55,18 @@ def test_lr_range_test_full_model_for_scratch_and_bad_arguments(class_folder):
 
 def test_lr_find_cli_and_train_with_lr_find(class_folder, tmp_path):
     flags = ["--backbone", "tiny_cnn", "--image-size", "32", "--batch-size", "8", "--device", "cpu"]
-    found = run_graft("lr-find", str(class_folder), *flags, "--steps", "30", "--out", str(tmp_path / "lr"))
+    found = graft("lr-find", str(class_folder), *flags, "--steps", "30", "--out", str(tmp_path / "lr"))
     assert found.returncode == 0, found.stderr
     assert "suggested learning rate" in found.stdout and "--lr " in found.stdout
     assert (tmp_path / "lr" / "lr_find.png").is_file() and (tmp_path / "lr" / "lr_find.json").is_file()
 
     out = tmp_path / "run"
-    trained = run_graft("train", str(class_folder), *flags, "--head-epochs", "1", "--finetune-epochs", "1",
+    trained = graft("train", str(class_folder), *flags, "--head-epochs", "1", "--finetune-epochs", "1",
                         "--lr-find", "--out", str(out))
     assert trained.returncode == 0, trained.stderr
     suggestion = json.loads((out / "lr_find.json").read_text())["suggestion"]
     config = json.loads((out / "config.json").read_text())
     assert config["lr"] == pytest.approx(float(f"{suggestion:.1e}"))
     assert (out / "lr_find.png").is_file()
-    assert run_graft("report", str(out), "--gradcam", "0").returncode == 0
+    assert graft("report", str(out), "--gradcam", "0").returncode == 0
     assert "Learning-rate finder" in (out / "report.html").read_text()

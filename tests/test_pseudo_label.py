@@ -10,10 +10,10 @@ import pytest
 from graftkit import ConfigError, TrainConfig
 from graftkit.data import scan_data
 from graftkit.semi import class_caps, pseudo_label, select_pseudo_labels, with_extra_train
-from graftkit.workflows.self_training import PseudoLabelConfig, train_with_pseudo_labels
 from graftkit.semi.pseudo_label import PseudoLabel
+from graftkit.workflows.self_training import PseudoLabelConfig, train_with_pseudo_labels
 
-from .conftest import TINY, invoke_graft, run_graft, write_color_images
+from .conftest import TINY, graft, invoke_graft, write_color_images
 
 
 class StubModel:
@@ -125,7 +125,7 @@ def test_cli_pseudo_label_and_flag_errors(scarce_folder, tmp_path):
                           "--out", str(tmp_path / "cli"))
     assert result.exit_code == 0, result.output
     assert "round 1:" in result.output and "pseudo-label: val_accuracy" in result.output
-    alone = run_graft("train", str(data), *flags, "--pseudo-label", "--out", str(tmp_path / "x"))
+    alone = graft("train", str(data), *flags, "--pseudo-label", "--out", str(tmp_path / "x"))
     assert alone.returncode == 2 and "--unlabeled" in alone.stderr and "Traceback" not in alone.stderr
 
 
@@ -142,3 +142,25 @@ def test_run_predictor_matches_the_saved_model(split_folder, tmp_path, strategy)
     ours = RunPredictor(run, decoded).predict_proba(paths)
     saved = graftkit.load(run.out_dir).predict_proba(paths)
     np.testing.assert_allclose(ours, saved, atol=1e-5)
+
+
+def test_pseudo_label_run_on_class_folders_evaluates_to_its_own_metrics(class_folder, tmp_path):
+    """No val/: the hold-out is seeded. Self-training must train and validate on the split that its
+    run folder records, so that `graft evaluate RUN DATA` rebuilds exactly that hold-out."""
+    pile = tmp_path / "pile"
+    write_color_images(pile / "a", (210, 40, 40), 6, seed=30)
+    write_color_images(pile / "b", (40, 40, 210), 6, seed=31)
+    out = tmp_path / "pl"
+    done = graft("train", str(class_folder), "--backbone", "tiny_cnn", "--image-size", "32", "--device", "cpu",
+                 "--strategy", "feature-extraction", "--epochs", "2", "--seed", "1", "--split-seed", "2",
+                 "--unlabeled", str(pile), "--pseudo-label", "--rounds", "1", "--out", str(out))
+    assert done.returncode == 0, done.stderr
+    metrics = json.loads((out / "metrics.json").read_text())
+    assert json.loads((out / "model.json").read_text())["split"]["seed"] == 2
+    assert json.loads((out / "pseudo_label.json").read_text())["split"]["seed"] == 2
+    evaluated = graft("evaluate", str(out), str(class_folder), "--json")
+    assert evaluated.returncode == 0, evaluated.stderr
+    result = json.loads(evaluated.stdout)
+    assert result["num_images"] == metrics["num_val"] == 4
+    assert result["accuracy"] == metrics["val_accuracy"]
+    assert result["loss"] == pytest.approx(metrics["val_loss"], rel=1e-6)  # the same four images

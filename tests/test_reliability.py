@@ -18,7 +18,7 @@ import importlib
 
 fit_module = importlib.import_module("graftkit.engine.fit")
 
-from .conftest import TINY, run_graft, write_color_images
+from .conftest import TINY, graft, write_color_images
 
 
 def _png_header_only(path: Path, width: int, height: int) -> None:
@@ -76,13 +76,13 @@ def test_check_data_lists_every_per_file_problem_once(tmp_path):
     (root / "dogs" / "loop").symlink_to(root / "dogs" / "loop")  # a symlink loop
     (root / ".git").mkdir()
     (root / ".git" / "config").write_text("[core]")
-    result = run_graft("check-data", str(root))
+    result = graft("check-data", str(root))
     assert result.returncode == 2 and "Traceback" not in result.stderr
     for path in cases.values():
         assert str(path) in result.stderr
     assert "--skip-bad-images" in result.stderr
     assert "too many pixels" in result.stderr and "truncated" in result.stderr
-    ok = run_graft("check-data", str(root), "--skip-bad-images")
+    ok = graft("check-data", str(root), "--skip-bad-images")
     assert ok.returncode == 0 and "Traceback" not in ok.stderr
     skipped = [line for line in ok.stdout.splitlines() if line.startswith("skipped:")]
     assert len(skipped) == len(cases) + 1  # + the symlink loop, each once
@@ -209,7 +209,7 @@ def test_malicious_pickle_is_refused_without_running_it(class_folder, tmp_path):
     import pickle
 
     evil.write_bytes(pickle.dumps({"weight": Payload()}))
-    result = run_graft("train", str(class_folder), "--backbone", "tiny_cnn", "--image-size", "32",
+    result = graft("train", str(class_folder), "--backbone", "tiny_cnn", "--image-size", "32",
                        "--weights", str(evil), "--out", str(tmp_path / "run"))
     assert result.returncode == 2 and "Traceback" not in result.stderr
     assert str(evil) in result.stderr and "never unpickles" in result.stderr

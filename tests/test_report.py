@@ -18,7 +18,7 @@ from graftkit.report import load_run, write_report
 from graftkit.report.gradcam import grad_cam
 from graftkit.report.summary import mean_interval, per_class_metrics, time_to_reach
 
-from .conftest import TINY, run_graft
+from .conftest import TINY, graft
 
 
 class _Tags(HTMLParser):
@@ -58,9 +58,9 @@ def finished_run(split_folder, tmp_path) -> Path:
     return run.out_dir
 
 
-def test_run_report_is_self_contained_and_complete(finished_run):
-    path = write_report(finished_run)
-    assert path == finished_run / "report.html"
+def test_run_report_is_self_contained_and_complete(session_run):
+    path = write_report(session_run)
+    assert path == session_run / "report.html"
     assert_self_contained(path)
     text = path.read_text()
     for heading in ("Learning curves", "Final metrics", "Per-class precision and recall",
@@ -71,12 +71,12 @@ def test_run_report_is_self_contained_and_complete(finished_run):
     assert "predicted" in text and "p(true)" in text
 
 
-def test_report_regenerates_from_a_copied_folder_without_training(finished_run, tmp_path, monkeypatch):
+def test_report_regenerates_from_a_copied_folder_without_training(session_run, tmp_path, monkeypatch):
     import importlib
 
     fit_module = importlib.import_module("graftkit.engine.fit")
     copy = tmp_path / "copied"
-    shutil.copytree(finished_run, copy)
+    shutil.copytree(session_run, copy)
     monkeypatch.setattr(fit_module, "_fit", lambda *a, **k: pytest.fail("a report must not train"))
     first = write_report(copy).read_text()
     second = write_report(copy).read_text()
@@ -93,12 +93,12 @@ def test_report_survives_moved_images_and_lists_skipped_files(finished_run, tmp_
     assert "image not found" in text and "/data/cat/bad.jpg" in text and "truncated file" in text
 
 
-def test_report_cli_and_a_folder_that_is_not_a_run(finished_run, tmp_path):
-    done = run_graft("report", str(finished_run), "--gradcam", "0")
+def test_report_cli_and_a_folder_that_is_not_a_run(session_run, tmp_path):
+    done = graft("report", str(session_run), "--out", str(tmp_path / "cli.html"), "--gradcam", "0")
     assert done.returncode == 0, done.stderr
-    assert (finished_run / "report.html").is_file()
+    assert (tmp_path / "cli.html").is_file()
     (tmp_path / "empty").mkdir()
-    bad = run_graft("report", str(tmp_path / "empty"))
+    bad = graft("report", str(tmp_path / "empty"))
     assert bad.returncode == 2 and "not a finished run folder" in bad.stderr and "Traceback" not in bad.stderr
 
 

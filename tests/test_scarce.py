@@ -10,7 +10,7 @@ from graftkit.data import scan_data
 from graftkit.scarce import parse_per_class, subsample
 from graftkit.workflows.label_efficiency import label_efficiency, mean_interval
 
-from .conftest import TINY, invoke_graft
+from .conftest import TINY, graft, invoke_graft
 
 
 def _files(folder):
@@ -97,3 +97,39 @@ def test_cli_subsample_and_augment_preview(split_folder, tmp_path):
                         "--out", str(tmp_path / "grid.png"))
     assert preview.exit_code == 0, preview.output
     assert (tmp_path / "grid.png").read_bytes()[:4] == b"\x89PNG"
+
+
+def test_label_efficiency_runs_evaluate_to_their_own_metrics(class_folder, tmp_path):
+    """Every size and seed validates on the one hold-out of the class-folder root, recorded in each run,
+    so `graft evaluate RUN DATA` on a kept run reproduces its metrics.json."""
+    cfg = TrainConfig(data_dir=class_folder, **{**TINY, "strategy": "feature-extraction", "epochs": 2})
+    summary = label_efficiency(cfg, [3], seeds=2, out_dir=tmp_path / "le")
+    assert summary["split"] == {"val_fraction": 0.2, "seed": 0}
+    for seed in (0, 1):
+        run = tmp_path / "le" / "runs" / f"3-per-class-seed{seed}"
+        metrics = json.loads((run / "metrics.json").read_text())
+        assert json.loads((run / "subsample.json").read_text())["split"]["seed"] == 0
+        evaluated = graft("evaluate", str(run), str(class_folder), "--json")
+        assert evaluated.returncode == 0, evaluated.stderr
+        result = json.loads(evaluated.stdout)
+        assert result["num_images"] == metrics["num_val"] == 4
+        assert result["accuracy"] == metrics["val_accuracy"]
+        assert result["loss"] == pytest.approx(metrics["val_loss"], rel=1e-6)
+
+
+def test_the_label_efficiency_plot_leaves_the_matplotlib_backend_alone(tmp_path):
+    import matplotlib
+
+    from graftkit.workflows.label_efficiency import plot_label_efficiency
+
+    before = matplotlib.get_backend()
+    matplotlib.use("svg")
+    try:
+        summary = {"data_dir": "d", "strategy": "fine-tune", "backbone": "tiny_cnn", "seeds": 1,
+                   "sizes": [{"per_class": 2, "label": "2", "mean_per_class": 2.0,
+                              "val_accuracy": {"mean": 0.5, "half_width": None}, "runs": [{"val_accuracy": 0.5}]}]}
+        plot_label_efficiency(summary, tmp_path / "p.png")
+        assert matplotlib.get_backend() == "svg"
+        assert (tmp_path / "p.png").read_bytes()[:4] == b"\x89PNG"
+    finally:
+        matplotlib.use(before)

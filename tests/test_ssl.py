@@ -11,7 +11,7 @@ pytest.importorskip("lightly", reason="the [ssl] extra (lightly) is not installe
 from graftkit import ConfigError, create_backbone  # noqa: E402
 from graftkit.ssl import PretrainConfig, pretrain_ssl  # noqa: E402
 
-from .conftest import invoke_graft, run_graft, write_color_images  # noqa: E402
+from .conftest import graft, invoke_graft, write_color_images  # noqa: E402
 
 
 def nt_xent_from_the_paper(z_i: torch.Tensor, z_j: torch.Tensor, tau: float) -> torch.Tensor:
@@ -125,7 +125,7 @@ def test_pretrain_cli_and_bad_options(pile, tmp_path):
                        "--image-size", "32", "--batch-size", "8", "--device", "cpu", "--out", str(tmp_path / "p"))
     assert result.exit_code == 0, result.output
     assert (tmp_path / "p" / "backbone.safetensors").exists() and "epoch 1" in result.output
-    bad = run_graft("pretrain", str(pile), "--method", "mae", "--out", str(tmp_path / "q"))
+    bad = graft("pretrain", str(pile), "--method", "mae", "--out", str(tmp_path / "q"))
     assert bad.returncode == 2 and "method must be one of" in bad.stderr
     with pytest.raises(ConfigError, match="fewer than one batch"):
         pretrain_ssl(PretrainConfig(pile, tmp_path / "r", backbone="tiny_cnn", batch_size=64, device="cpu"))

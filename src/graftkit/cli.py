@@ -99,6 +99,7 @@ def train(
     cutmix: float = typer.Option(_D["cutmix"], help="CutMix alpha on image batches (0: off, e.g. 1.0)."),
     val_fraction: opt.ValFraction = _D["val_fraction"],
     seed: opt.Seed = _D["seed"],
+    split_seed: opt.SplitSeed = None,
     skip_bad_images: opt.SkipBadImages = False,
     device: opt.Device = _D["device"],
     num_workers: int = typer.Option(_D["num_workers"], help="Data-loading worker processes."),
@@ -155,7 +156,7 @@ def train(
                       stage_lr_decay=stage_lr_decay, weight_decay=weight_decay,
                       label_smoothing=label_smoothing, dropout=dropout, train_bn=train_bn, fold_bn=fold_bn,
                       batch_size=batch_size, augment=augment, val_fraction=val_fraction, seed=seed,
-                      skip_bad_images=skip_bad_images, device=device, num_workers=num_workers,
+                      split_seed=split_seed, skip_bad_images=skip_bad_images, device=device, num_workers=num_workers,
                       precision=precision, compile=compile, cache=cache, cache_dir=cache_dir,
                       cache_views=cache_views, checkpoint_every=checkpoint_every, out_dir=out,
                       max_seconds=max_seconds, progress=progress, mixup=mixup, cutmix=cutmix)

@@ -34,6 +34,8 @@ Augment = Annotated[str, typer.Option(
          "erasing) | a .json/.yaml pipeline file. Train only.")]
 ValFraction = Annotated[float, typer.Option(help="Held out per class when there is no val/.")]
 Seed = Annotated[int, typer.Option(help="Seeds training, and the validation hold-out of a class-folder root.")]
+SplitSeed = Annotated[Optional[int], typer.Option(
+    help="Seeds the validation hold-out of a class-folder root instead of --seed (recorded in model.json).")]
 SkipBadImages = Annotated[bool, typer.Option(help="Train on the readable images; list the rest in skipped.txt.")]
 Device = Annotated[str, typer.Option(help="auto | cpu | cuda.")]
 Precision = Annotated[str, typer.Option(help="auto | fp32 | bf16 (autocast).")]

@@ -59,7 +59,7 @@ def subsample_command(
 
 
 def label_efficiency_command(
-    data_dir: Annotated[Path, typer.Argument(help="Dataset: train/ + val/, or class folders.")],
+    data_dir: opt.DataDir,
     per_class: str = typer.Option("5,10,25,all", help="Sizes: labelled images per class, comma-separated."),
     seeds: int = typer.Option(3, help="Runs per size (different subsets and training seeds)."),
     out: Optional[Path] = typer.Option(None, "--out", help="Folder (default runs/<time>-label-efficiency)."),
