@@ -65,3 +65,23 @@ def matmul_peak_gflops(size: int = 2048, repeats: int = 5) -> float:
         torch.mm(a, b)
         best = min(best, time.perf_counter() - start)
     return 2 * size**3 / best / 1e9
+
+
+SIMD_FLAGS = ("sse4_2", "avx", "avx2", "fma", "avx512f", "avx512_vnni", "avx512_bf16", "amx_bf16", "amx_tile",
+              "asimd", "sve")
+
+
+def machine() -> str:
+    """One line naming the CPU, its core count and SIMD extensions (from /proc/cpuinfo where it exists)."""
+    model, flags = "unknown CPU", set()
+    try:
+        for line in Path("/proc/cpuinfo").read_text().splitlines():
+            key, _, value = line.partition(":")
+            if key.strip() == "model name" and model == "unknown CPU":
+                model = value.strip()
+            elif key.strip() in ("flags", "Features") and not flags:
+                flags = set(value.split())
+    except OSError:
+        pass
+    simd = " ".join(f for f in SIMD_FLAGS if f in flags) or "unknown"
+    return f"CPU: {model} · {os.cpu_count()} logical cores · SIMD: {simd}"
