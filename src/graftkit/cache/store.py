@@ -155,6 +155,7 @@ class ArrayStore:
 
     def refresh(self) -> None:
         """Read every chunk index on disk (also those other processes wrote); size-check each chunk."""
+        legacy = 0
         with self._lock:
             for index_file in sorted(self.root.glob("index-*.json")):
                 chunk = index_file.stem.removeprefix("index-")
@@ -167,7 +168,8 @@ class ArrayStore:
                     continue
                 if not (isinstance(record, dict) and isinstance(record.get("keys"), list)
                         and isinstance(record.get("bytes"), int) and isinstance(record.get("blake2b"), str)):
-                    self._drop(chunk, "it was written by an older graftkit without a checksum")
+                    self._drop(chunk, "", quiet=True)
+                    legacy += 1
                     continue
                 try:
                     size = (self.root / f"chunk-{chunk}.npy").stat().st_size
@@ -180,8 +182,11 @@ class ArrayStore:
                 self._chunks[chunk] = record
                 for row, key in enumerate(record["keys"]):
                     self._index.setdefault(str(key), (chunk, row))
+        if legacy:
+            log.warning("warning: %d cache chunk(s) in '%s' were written by an older graftkit without "
+                        "checksums; rebuilding them", legacy, self.root)
 
-    def _drop(self, chunk: str, why: str) -> None:
+    def _drop(self, chunk: str, why: str, quiet: bool = False) -> None:
         """Forget a damaged chunk and delete its files (graftkit wrote them), with one warning line."""
         record = self._chunks.pop(chunk, None)
         if record is not None:
@@ -197,6 +202,8 @@ class ArrayStore:
                 pass
             except OSError as exc:
                 log.debug("could not delete %s: %s", self.root / name, exc)
+        if quiet:
+            return
         message = f"cache chunk '{self.root / f'chunk-{chunk}.npy'}' cannot be trusted ({why}); rebuilding it"
         self.rebuilt.append(message)
         log.warning("warning: %s", message)
