@@ -366,12 +366,18 @@ def cache_info(cache_dir: Optional[Path] = typer.Option(None, help="Default ~/.c
 
 @cache_app.command("clear")
 def cache_clear(cache_dir: Optional[Path] = typer.Option(None, help="Default ~/.cache/graftkit.")) -> None:
-    """Delete every cached decoded image and feature (they are recomputed when needed)."""
+    """Delete the cached decoded images and features graftkit wrote (they are recomputed when needed).
+
+    Only a folder marked as graftkit's cache is touched, and in it only graftkit's own files."""
     from .cache import clear_cache
     from .config import default_cache_dir
 
     folder = cache_dir or default_cache_dir()
-    typer.echo(f"freed {clear_cache(folder) / 2**20:.1f} MiB in {folder}")
+    freed, left = clear_cache(folder)
+    typer.echo(f"freed {freed / 2**20:.1f} MiB in {folder}")
+    if left:
+        shown = ", ".join(left[:5]) + (f" and {len(left) - 5} more" if len(left) > 5 else "")
+        typer.echo(f"left alone (not written by graftkit): {shown}")
 
 
 @app.command()
