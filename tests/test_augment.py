@@ -10,7 +10,7 @@ from PIL import Image
 from graftkit import ConfigError, TrainConfig, fit
 from graftkit.data import AUGMENTS, DecodedImages, build_eval_transform, build_train_transform, scan_data
 from graftkit.data.preview import augment_grid
-from graftkit.engine.fit import _Data
+from graftkit.engine.prepare import TrainingData
 from graftkit.heads import Classifier
 from graftkit.backbones import create_backbone
 from graftkit.engine.progress import ProgressReporter
@@ -37,7 +37,7 @@ def _batches(cfg: TrainConfig, phase_index: int):
     for s in [*scan.train, *scan.val]:
         decoded.check_and_fill(s.path)
     decoded.flush()
-    data = _Data(cfg, scan, decoded, 32, torch.device("cpu"))
+    data = TrainingData(cfg, scan, decoded, 32, torch.device("cpu"))
     torch.manual_seed(0)  # the same random tiny_cnn each call
     model = Classifier(create_backbone("tiny_cnn"), len(scan.classes))
     phase = build_phases(cfg, 4)[phase_index]

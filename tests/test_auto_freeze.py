@@ -81,8 +81,8 @@ def test_freeze_auto_chooses_feature_extraction_when_it_wins(class_folder, tmp_p
 def test_freeze_auto_end_to_end_from_the_cli(class_folder, tmp_path):
     out = tmp_path / "run"
     done = graft("train", str(class_folder), "--freeze", "auto", "--backbone", "tiny_cnn", "--image-size", "32",
-                     "--batch-size", "8", "--device", "cpu", "--head-epochs", "1", "--finetune-epochs", "2",
-                     "--out", str(out))
+                 "--batch-size", "8", "--device", "cpu", "--head-epochs", "1", "--finetune-epochs", "2",
+                 "--out", str(out))
     assert done.returncode == 0, done.stderr
     assert "freeze auto: chose" in done.stdout
     table = json.loads((out / "freeze_auto.json").read_text())

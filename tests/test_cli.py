@@ -36,7 +36,7 @@ def test_bad_folder_exits_2_naming_each_problem_then_trains_with_skip(class_fold
     assert "--skip-bad-images" in second.stderr
 
     third = graft("train", str(class_folder), *TINY_FLAGS, "--strategy", "scratch", "--epochs", "1",
-                      "--skip-bad-images", "--out", str(tmp_path / "r3"))
+                  "--skip-bad-images", "--out", str(tmp_path / "r3"))
     assert third.returncode == 0, third.stderr
     skipped = (tmp_path / "r3" / "skipped.txt").read_text()
     assert str(truncated) in skipped and str(text) in skipped
@@ -45,7 +45,7 @@ def test_bad_folder_exits_2_naming_each_problem_then_trains_with_skip(class_fold
 def test_train_predict_evaluate_roundtrip(split_folder, tmp_path):
     out = tmp_path / "run"
     trained = graft("train", str(split_folder), *TINY_FLAGS, "--strategy", "scratch", "--epochs", "3",
-                        "--lr", "0.01", "--out", str(out))
+                    "--lr", "0.01", "--out", str(out))
     assert trained.returncode == 0, trained.stderr
     assert "epoch  3/3" in trained.stdout  # plain line-per-epoch mode when not a terminal
     assert "\r" not in trained.stdout
@@ -64,10 +64,10 @@ def test_train_predict_evaluate_roundtrip(split_folder, tmp_path):
 def test_predict_skips_unreadable_files_with_a_line(split_folder, tmp_path):
     out = tmp_path / "run"
     assert graft("train", str(split_folder), *TINY_FLAGS, "--strategy", "scratch", "--epochs", "1",
-                     "--out", str(out)).returncode == 0
+                 "--out", str(out)).returncode == 0
     (tmp_path / "bad.jpg").write_text("nope")
     result = graft("predict", str(out), str(tmp_path / "bad.jpg"),
-                       str(split_folder / "val" / "red" / "000.png"), "--format", "csv")
+                   str(split_folder / "val" / "red" / "000.png"), "--format", "csv")
     assert result.returncode == 0
     assert "skipped:" in result.stderr and "bad.jpg" in result.stderr
     assert result.stdout.splitlines()[0].startswith("path,class_1,probability_1")

@@ -65,11 +65,12 @@ def test_compare_trains_each_strategy_and_seed_on_one_split(class_folder, tmp_pa
     assert again["strategies"]["scratch"]["val_accuracy"] == result["strategies"]["scratch"]["val_accuracy"]
 
 
+@pytest.mark.slow  # each run in a fresh spawned process that imports torch: ~1 min on 2 cores
 def test_compare_cli_isolated_runs_and_a_time_budget(class_folder, tmp_path):
     out = tmp_path / "C"
     done = graft("compare", str(class_folder), "--out", str(out), "--strategies", "scratch,fine-tune",
-                     "--seeds", "1", "--budget-epochs", "4", "--budget-minutes", "0.0001", "--backbone", "tiny_cnn",
-                     "--image-size", "32", "--batch-size", "8", "--device", "cpu", "--quiet", "--no-report")
+                 "--seeds", "1", "--budget-epochs", "4", "--budget-minutes", "0.0001", "--backbone", "tiny_cnn",
+                 "--image-size", "32", "--batch-size", "8", "--device", "cpu", "--quiet", "--no-report")
     assert done.returncode == 0, done.stderr
     saved = json.loads((out / "compare.json").read_text())
     assert list(saved["strategies"]) == ["scratch", "fine-tune"] and saved["budget"]["minutes"] == 0.0001

@@ -62,7 +62,7 @@ def test_lr_find_cli_and_train_with_lr_find(class_folder, tmp_path):
 
     out = tmp_path / "run"
     trained = graft("train", str(class_folder), *flags, "--head-epochs", "1", "--finetune-epochs", "1",
-                        "--lr-find", "--out", str(out))
+                    "--lr-find", "--out", str(out))
     assert trained.returncode == 0, trained.stderr
     suggestion = json.loads((out / "lr_find.json").read_text())["suggestion"]
     config = json.loads((out / "config.json").read_text())
