@@ -9,7 +9,9 @@ from pathlib import Path
 
 import pytest
 
-SRC = Path(__file__).resolve().parents[1] / "src" / "graftkit"
+import graftkit
+
+SRC = Path(graftkit.__file__).resolve().parent  # the package under test
 
 
 def _module_name(path: Path) -> tuple[str, str]:

@@ -1,3 +1,4 @@
 from .fit import Run, fit
+from .prepare import Prepared, TrainingData, prepare
 
-__all__ = ["Run", "fit"]
+__all__ = ["Prepared", "Run", "TrainingData", "fit", "prepare"]
