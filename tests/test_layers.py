@@ -64,6 +64,8 @@ def test_the_package_root_loads_its_names_on_first_use():
 
     assert graftkit.fit is fit and graftkit.ImageClassifier is ImageClassifier
     assert set(graftkit.__all__) <= set(dir(graftkit))
+    for name in graftkit.__all__:  # every public name resolves
+        getattr(graftkit, name)
     with pytest.raises(AttributeError):
         graftkit.no_such_name  # noqa: B018
 
