@@ -223,3 +223,82 @@ def test_identical_images_under_two_classes_are_a_label_conflict(class_folder, t
     assert sorted(conflicts) == [(1, "blue", str(copy)), (1, "red", str(class_folder / "red" / "003.png"))]
     html = write_report(tmp_path / "r", tmp_path / "report.html", gradcam=0).read_text()
     assert "Label conflicts (1)" in html and "looks-blue.png" in html
+
+
+# 15. An --out inside DATA_DIR is refused; graftkit's own folders found there are not classes.
+
+def test_train_and_subsample_refuse_an_out_inside_the_data(class_folder, tmp_path):
+    from graftkit.errors import GraftError
+
+    from .conftest import invoke_graft
+
+    link = tmp_path / "link"
+    link.symlink_to(class_folder)
+    for out in (class_folder / "runs" / "r1", link / "r2", class_folder):
+        with pytest.raises(ConfigError) as info:
+            fit(TrainConfig(data_dir=class_folder, out_dir=out, **TINY))
+        message = str(info.value)
+        assert str(out) in message and str(class_folder.resolve()) in message and "outside DATA_DIR" in message
+    with pytest.raises(GraftError, match="inside DATA_DIR"):
+        invoke_graft("subsample", str(class_folder), "--per-class", "2", "--out", str(link / "sub"))
+    with pytest.raises(GraftError, match="inside DATA_DIR"):
+        invoke_graft("lr-find", str(class_folder), "--out", str(class_folder / "lr"))
+    assert sorted(p.name for p in class_folder.iterdir()) == ["blue", "red"]  # nothing was created
+
+
+def test_scan_ignores_graftkit_run_folders_and_says_so(class_folder, tmp_path):
+    from PIL import Image
+
+    def fake_run(folder: Path, *names: str) -> None:
+        folder.mkdir(parents=True)
+        for name in names:
+            (folder / name).write_text("{}")
+        Image.new("RGB", (64, 64)).save(folder / "augmentations.png")
+
+    fake_run(class_folder / "old-run", "model.json", "metrics.json", "config.json")
+    fake_run(class_folder / "runs" / "20240101-fine-tune", "config.json", "history.jsonl")
+    fake_run(class_folder / "red" / "nested-run", "model.json", "config.json")
+    (class_folder / "subset").mkdir()
+    (class_folder / "subset" / "subsample.json").write_text("{}")
+    write_color_images(class_folder / "subset" / "train" / "red", (200, 0, 0), 2)
+    scan = scan_data(class_folder)
+    assert scan.classes == ["blue", "red"] and len(scan.train) + len(scan.val) == 20
+    warning = next(w for w in scan.warnings if "written by graftkit" in w)
+    assert "ignoring 4 folder(s)" in warning and "nested-run" in warning
+
+
+# 19. lr-find and label-efficiency write new folders only; repeated sizes are measured once.
+
+def test_lr_find_and_label_efficiency_refuse_a_folder_that_holds_a_run(split_folder, tmp_path):
+    from graftkit.errors import GraftError
+
+    from .conftest import invoke_graft
+
+    fit(TrainConfig(data_dir=split_folder, out_dir=tmp_path / "run", **TINY))
+    before = sorted(p.name for p in (tmp_path / "run").iterdir())
+    with pytest.raises(GraftError, match="already holds a run; lr-find writes a new folder"):
+        invoke_graft("lr-find", str(split_folder), "--backbone", "tiny_cnn", "--image-size", "32",
+                     "--device", "cpu", "--steps", "10", "--out", str(tmp_path / "run"))
+    with pytest.raises(GraftError, match="already holds"):
+        invoke_graft("label-efficiency", str(split_folder), "--backbone", "tiny_cnn", "--per-class", "2",
+                     "--out", str(tmp_path / "run"))
+    assert sorted(p.name for p in (tmp_path / "run").iterdir()) == before
+
+
+def test_label_efficiency_measures_a_repeated_size_once(split_folder, tmp_path):
+    import json
+
+    from graftkit.scarce import label_efficiency
+
+    from .conftest import invoke_graft
+
+    cfg = TrainConfig(data_dir=split_folder, **TINY)
+    with pytest.raises(ConfigError, match="repeat"):
+        label_efficiency(cfg, [2, 2], 1, tmp_path / "api")
+    assert not (tmp_path / "api").exists()
+    result = invoke_graft("label-efficiency", str(split_folder), "--per-class", "2,2", "--seeds", "1",
+                          "--backbone", "tiny_cnn", "--image-size", "32", "--device", "cpu", "--batch-size", "8",
+                          "--head-epochs", "1", "--finetune-epochs", "1", "--out", str(tmp_path / "le"))
+    assert result.exit_code == 0 and "measuring each once: 2" in result.output
+    summary = json.loads((tmp_path / "le" / "label_efficiency.json").read_text())
+    assert [s["label"] for s in summary["sizes"]] == ["2"]

@@ -50,5 +50,7 @@ def refuse_used_folder(out: Path, command: str) -> None:
         raise ConfigError(f"--out '{out}' is a file; {command} writes a folder. Pass a new --out.")
     held = sorted(p.name for p in out.iterdir()) if out.is_dir() else []
     if held:
-        raise ConfigError(f"--out '{out}' already holds {', '.join(held[:3])}{' ...' if len(held) > 3 else ''}; "
-                          f"{command} writes a new folder: pass another --out (nothing was written).")
+        what = ("a run" if {"metrics.json", "checkpoint.pt", "model.json", "config.json"} & set(held) else
+                f"files ({', '.join(held[:3])}{' ...' if len(held) > 3 else ''})")
+        raise ConfigError(f"--out '{out}' already holds {what}; {command} writes a new folder: pass another "
+                          f"--out (nothing was written).")

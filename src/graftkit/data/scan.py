@@ -340,6 +340,7 @@ def scan_data(data_dir: str | Path, val_fraction: float = 0.2, seed: int = 0,
             scan_warnings.append(f"class '{cls}' has only {count} training image(s); add more")
     if bad:
         scan_warnings.append(f"skipping {len(bad)} unreadable image(s), listed in skipped.csv")
+    outputs = list(dict.fromkeys(outputs))  # a class root's folders are listed twice
     if outputs:
         scan_warnings.append(f"ignoring {len(outputs)} folder(s) written by graftkit (runs or subsamples, not "
                              f"classes): {', '.join(str(o) for o in outputs[:3])}{' ...' if len(outputs) > 3 else ''}; "
