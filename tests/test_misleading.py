@@ -302,3 +302,32 @@ def test_label_efficiency_measures_a_repeated_size_once(split_folder, tmp_path):
     assert result.exit_code == 0 and "measuring each once: 2" in result.output
     summary = json.loads((tmp_path / "le" / "label_efficiency.json").read_text())
     assert [s["label"] for s in summary["sizes"]] == ["2"]
+
+
+def test_real_sigterm_to_graft_train_exits_143_with_a_resumable_checkpoint(class_folder, tmp_path):
+    import os
+    import signal
+    import subprocess
+    import sys
+    import time
+
+    from graftkit.engine.checkpoint import load_checkpoint
+
+    out = tmp_path / "run"
+    proc = subprocess.Popen([sys.executable, "-m", "graftkit.cli", "train", str(class_folder), "--backbone", "tiny_cnn",
+                             "--image-size", "32", "--strategy", "scratch", "--epochs", "5000", "--device", "cpu",
+                             "--batch-size", "8", "--quiet", "--out", str(out)],
+                            stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True,
+                            env={**os.environ, "PYTHONUNBUFFERED": "1"})
+    try:
+        deadline = time.monotonic() + 120
+        while not (out / "checkpoint.pt").exists() and proc.poll() is None and time.monotonic() < deadline:
+            time.sleep(0.05)
+        time.sleep(0.3)  # into the epochs
+        proc.send_signal(signal.SIGTERM)
+        _, stderr = proc.communicate(timeout=60)
+    finally:
+        proc.kill()
+    assert proc.returncode == 143, stderr
+    assert stderr.count("\n") == 1 and "interrupted (SIGTERM)" in stderr and f"--resume {out}" in stderr
+    assert load_checkpoint(out, ["blue", "red"])["epoch"] >= 0
