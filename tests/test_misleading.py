@@ -204,6 +204,9 @@ def test_names_with_newlines_and_tabs_round_trip_through_skipped_csv(class_folde
     skipped = load_run(tmp_path / "r").skipped
     assert sorted(p for p, _ in skipped) == sorted(str(p) for p in odd)
     assert dict(skipped)[str(odd[2])] == "not an image file name"
+    (tmp_path / "r" / "skipped.csv").write_text("path\treason\n/x.png\tbad\n")  # edited by hand
+    with pytest.raises(ConfigError, match="skipped.csv.*expected the columns path,reason"):
+        load_run(tmp_path / "r")
 
 
 def test_identical_images_under_two_classes_are_a_label_conflict(class_folder, tmp_path):
@@ -220,7 +223,7 @@ def test_identical_images_under_two_classes_are_a_label_conflict(class_folder, t
     run = fit(TrainConfig(data_dir=class_folder, out_dir=tmp_path / "r", strategy="scratch", **{**TINY, "epochs": 1}))
     assert run.metrics["num_label_conflicts"] == 1
     conflicts = load_run(tmp_path / "r").label_conflicts
-    assert sorted(conflicts) == [(1, "blue", str(copy)), (1, "red", str(class_folder / "red" / "003.png"))]
+    assert sorted(conflicts) == [("1", "blue", str(copy)), ("1", "red", str(class_folder / "red" / "003.png"))]
     html = write_report(tmp_path / "r", tmp_path / "report.html", gradcam=0).read_text()
     assert "Label conflicts (1)" in html and "looks-blue.png" in html
 

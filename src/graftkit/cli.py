@@ -79,17 +79,20 @@ def check_data(data_dir: Path,
 
 def _label_conflicts(scan) -> list:
     """Identical files under different classes, by the content key training uses."""
+    from concurrent.futures import ThreadPoolExecutor
+
     from .data.conflicts import find_label_conflicts
     from .data.decoded import content_key
 
-    samples, keys = [], []
-    for sample in [*scan.train, *scan.val]:
+    def key(sample):
         try:
-            keys.append(content_key(sample.path.read_bytes()))
-        except OSError:
-            continue
-        samples.append(sample)
-    return find_label_conflicts(samples, keys)
+            return content_key(sample.path.read_bytes())
+        except OSError:  # gone since the scan: nothing to compare
+            return f"unreadable:{sample.path}"
+
+    samples = [*scan.train, *scan.val]
+    with ThreadPoolExecutor(max_workers=8) as pool:  # hashing releases the GIL
+        return find_label_conflicts(samples, list(pool.map(key, samples)))
 
 
 # What --resume may change: how the run goes on, not what it computes (--device: to rounding only).

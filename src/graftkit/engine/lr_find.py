@@ -166,10 +166,10 @@ def lr_range_test(cfg: TrainConfig, scan: Any = None, phase: str = "auto", start
                 loss.backward()
                 optimizer.step()
         suggestion, minimum, steepest = suggest_lr(lrs, smoothed)
+        report.end_epoch(f"lr-find: {len(lrs)} steps from {start_lr:.0e} to {lrs[-1]:.1e}, {stopped}")
         if stopped != "completed" and minimum == lrs[0]:  # it never fell before it blew up
             raise ConfigError(f"the learning-rate test {stopped} (lr {lrs[-1]:.1e}) and the loss never fell "
                               f"before that: no usable range was measured. Lower --start-lr (default 1e-07).")
-        report.end_epoch(f"lr-find: {len(lrs)} steps from {start_lr:.0e} to {lrs[-1]:.1e}, {stopped}")
         return LRFindResult(lrs=lrs, losses=losses, smoothed=smoothed, suggestion=suggestion, minimum_lr=minimum,
                             steepest_lr=steepest, phase=phase, start_lr=start_lr, end_lr=end_lr, num_steps=num_steps,
                             stopped=stopped, seconds=round(time.perf_counter() - started, 3), flag=flag)

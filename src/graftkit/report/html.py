@@ -234,8 +234,9 @@ def data_section(run: RunFiles) -> str:
         body += (f"<h3>Validation images also in train ({len(run.duplicates)})</h3><ul>{items}</ul>"
                  "<p class='note'>Same bytes in both splits: validation accuracy is optimistic.</p>")
     if run.label_conflicts:
-        items = "".join(f"<li>{g}: <code>{esc(p)}</code> ({esc(c)})</li>" for g, c, p in run.label_conflicts[:100])
-        body += (f"<h3>Label conflicts ({run.label_conflicts[-1][0]})</h3><ul>{items}</ul>"
+        items = "".join(f"<li>{esc(g)}: <code>{esc(p)}</code> ({esc(c)})</li>" for g, c, p in run.label_conflicts[:100])
+        groups = len({g for g, _, _ in run.label_conflicts})
+        body += (f"<h3>Label conflicts ({groups})</h3><ul>{items}</ul>"
                  "<p class='note'>The same bytes under different classes (same number: same image): keep each "
                  "image in one class.</p>")
     return section("Data", body, "data")

@@ -25,7 +25,7 @@ class RunFiles:
     predictions: list[dict[str, Any]] = field(default_factory=list)
     skipped: list[tuple[str, str]] = field(default_factory=list)
     duplicates: list[str] = field(default_factory=list)
-    label_conflicts: list[tuple[int, str, str]] = field(default_factory=list)  # (group, class, path)
+    label_conflicts: list[tuple[str, str, str]] = field(default_factory=list)  # (group, class, path)
     freeze_auto: dict[str, Any] | None = None
     lr_find: dict[str, Any] | None = None
     resources: dict[str, Any] | None = None
@@ -71,8 +71,7 @@ def _read_csv(path: Path, header: list[str]) -> list[list[str]]:
     try:
         with path.open(newline="", encoding="utf-8") as f:
             rows = list(csv.reader(f))
-        if rows[:1] != [header] or any(len(row) != len(header) for row in rows[1:]) or (
-                header[0] == "group" and not all(row[0].isdigit() for row in rows[1:])):
+        if rows[:1] != [header] or any(len(row) != len(header) for row in rows[1:]):
             raise ValueError(f"expected the columns {','.join(header)}")
     except (OSError, UnicodeDecodeError, csv.Error, ValueError) as exc:
         raise ConfigError(f"cannot read '{path}' ({exc}); restore it from the run or retrain.") from None
@@ -109,8 +108,7 @@ def load_run(run_dir: str | Path) -> RunFiles:
             if line.strip():
                 path, _, reason = line.partition("\t")
                 skipped.append((path, reason))
-    label_conflicts = [(int(g), c, p) for g, c, p in _read_csv(run_dir / "label_conflicts.csv",
-                                                                ["group", "class", "path"])]
+    label_conflicts = [(g, c, p) for g, c, p in _read_csv(run_dir / "label_conflicts.csv", ["group", "class", "path"])]
     duplicates = []
     if (run_dir / "duplicates.txt").is_file():
         duplicates = [line for line in (run_dir / "duplicates.txt").read_text().splitlines() if line.strip()]
