@@ -167,7 +167,7 @@ def test_resume_refuses_flags_that_change_the_saved_config(split_folder, tmp_pat
     from .conftest import invoke_graft
 
     run = _interrupted_run(split_folder, tmp_path / "cut", monkeypatch)
-    with pytest.raises(GraftError) as info:
+    with pytest.raises(ConfigError) as info:
         invoke_graft("train", "--resume", str(run), "--epochs", "99", "--lr", "5", "--no-pretrained")
     message = str(info.value)
     assert "--epochs 99 (saved: 2)" in message and "--lr 5.0 (saved: 0.003)" in message

@@ -14,7 +14,7 @@ import typer
 
 from . import __version__
 from .config import TrainConfig
-from .errors import GraftError
+from .errors import ConfigError, GraftError
 
 app = typer.Typer(add_completion=False, no_args_is_help=True, pretty_exceptions_enable=False,
                   help="graftkit: transfer learning and fine-tuning of image classifiers.")
@@ -126,8 +126,8 @@ def _resume_changes(ctx: typer.Context, cfg: TrainConfig) -> dict:
                      else f"--{name.replace('_', '-')} {value}")
             conflicts.append(shown + (f" (saved: {saved})" if hasattr(cfg, name) or name in ("freeze", "out") else ""))
     if conflicts:
-        raise GraftError(f"--resume continues '{cfg.out_dir}' with its saved config.json; these flags would "
-                         f"change it: {', '.join(conflicts)}. Drop them, or start a new run with another --out.")
+        raise ConfigError(f"--resume continues '{cfg.out_dir}' with its saved config.json; these flags would "
+                          f"change it: {', '.join(conflicts)}. Drop them, or start a new run with another --out.")
     return changes
 
 
