@@ -65,7 +65,7 @@ def test_subsample_with_colliding_names_leaves_every_source_file_unchanged(colli
 
 def test_subsample_refuses_an_out_folder_inside_the_data(colliding_names):
     before = _sha256_tree(colliding_names)
-    with pytest.raises(ConfigError, match="inside the data folder"):
+    with pytest.raises(ConfigError, match="inside DATA_DIR"):
         subsample(colliding_names, 2, colliding_names / "red" / "subset", seed=0)
     assert _sha256_tree(colliding_names) == before and not (colliding_names / "red" / "subset").exists()
 

@@ -128,8 +128,8 @@ def test_full_disk_while_checkpointing_keeps_the_previous_files(class_folder, tm
 
     real_fsync = os.fsync
 
-    def fsync(fd):  # the disk fills up once the first checkpoint is written (whatever the cache wrote before)
-        if (tmp_path / "r" / "checkpoint.pt").exists():
+    def fsync(fd):  # the disk fills up once the first model is written (whatever was written before it)
+        if (tmp_path / "r" / "model.json").exists():
             raise OSError(28, "No space left on device")
         return real_fsync(fd)
 

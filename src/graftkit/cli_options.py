@@ -36,7 +36,7 @@ ValFraction = Annotated[float, typer.Option(help="Held out per class when there 
 Seed = Annotated[int, typer.Option(help="Seeds training, and the validation hold-out of a class-folder root.")]
 SplitSeed = Annotated[Optional[int], typer.Option(
     help="Seeds the validation hold-out of a class-folder root instead of --seed (recorded in model.json).")]
-SkipBadImages = Annotated[bool, typer.Option(help="Train on the readable images; list the rest in skipped.txt.")]
+SkipBadImages = Annotated[bool, typer.Option(help="Train on the readable images; list the rest in skipped.csv.")]
 Device = Annotated[str, typer.Option(help="auto | cpu | cuda.")]
 Precision = Annotated[str, typer.Option(help="auto | fp32 | bf16 (autocast).")]
 Cache = Annotated[bool, typer.Option(help="--no-cache: decode and recompute everything in this run only.")]

@@ -92,8 +92,9 @@ def lr_range_test(cfg: TrainConfig, scan: Any = None, phase: str = "auto", start
 
     if phase not in PHASES:
         raise ConfigError(f"phase must be one of {', '.join(PHASES)}; got {phase!r}")
-    if not 0 < start_lr < end_lr:
-        raise ConfigError(f"need 0 < start_lr < end_lr; got {start_lr} and {end_lr}")
+    if not (math.isfinite(start_lr) and math.isfinite(end_lr) and 0 < start_lr < end_lr):
+        raise ConfigError(f"need finite 0 < start_lr < end_lr (--start-lr, --end-lr); got {start_lr:g} and "
+                          f"{end_lr:g} (the defaults are 1e-07 and 10)")
     if num_steps < 10:
         raise ConfigError(f"num_steps must be >= 10 for a usable curve; got {num_steps}")
     phase = ("full" if cfg.strategy == "scratch" else "head") if phase == "auto" else phase
@@ -158,6 +159,9 @@ def lr_range_test(cfg: TrainConfig, scan: Any = None, phase: str = "auto", start
                 optimizer.step()
         suggestion, minimum, steepest = suggest_lr(lrs, smoothed)
         report.end_epoch(f"lr-find: {len(lrs)} steps from {start_lr:.0e} to {lrs[-1]:.1e}, {stopped}")
+        if stopped != "completed" and minimum == lrs[0]:  # it never fell before it blew up
+            raise ConfigError(f"the learning-rate test {stopped} (lr {lrs[-1]:.1e}) and the loss never fell "
+                              f"before that: no usable range was measured. Lower --start-lr (default 1e-07).")
         return LRFindResult(lrs=lrs, losses=losses, smoothed=smoothed, suggestion=suggestion, minimum_lr=minimum,
                             steepest_lr=steepest, phase=phase, start_lr=start_lr, end_lr=end_lr, num_steps=num_steps,
                             stopped=stopped, seconds=round(time.perf_counter() - started, 3), flag=flag)

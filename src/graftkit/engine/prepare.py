@@ -17,6 +17,7 @@ from ..backbones import create_backbone, native_image_size
 from ..config import TrainConfig
 from ..data import (DataScan, DecodedDataset, DecodedImages, ImageBatches, augment_key, build_eval_transform,
                     build_train_transform, decode_size_for, scan_data)
+from ..data.conflicts import find_label_conflicts
 from ..heads import Classifier
 from ..strategies import Phase
 from .features import FeatureBatches, TailModel, fill_features, open_feature_store
@@ -38,6 +39,7 @@ class TrainingData:
         in_train = set(self.train_keys)
         self.duplicates = [s.path for s, k in zip(scan.val, self.val_keys) if k in in_train]
         self.val_labels = [s.label for s in scan.val]
+        self.label_conflicts = find_label_conflicts([*scan.train, *scan.val], [*self.train_keys, *self.val_keys])
 
     def batches_for(self, phase: Phase, model: Classifier, device: torch.device, precision: str,
                     report: ProgressReporter) -> tuple[nn.Module, Any, Any]:

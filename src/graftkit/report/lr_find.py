@@ -19,7 +19,7 @@ def save_lr_find(result: Any, out_dir: str | Path, data_dir: str | Path, strateg
                f"{result.minimum_lr:.1e}, divided by 10{steepest}) for the {result.phase} phase. Use it: "
                f"graft train {data_dir} --strategy {strategy} {result.flag} {result.suggestion:.1e}  "
                f"(or pass --lr-find to graft train)")
-    if result.minimum_lr >= result.lrs[int(0.95 * (len(result.lrs) - 1))]:
+    if result.stopped == "completed" and result.minimum_lr >= result.lrs[int(0.95 * (len(result.lrs) - 1))]:
         message += (f". Warning: the loss was lowest at the end of the tested range ({result.lrs[-1]:.1e}) and never "
                     f"diverged, so the suggestion is uncertain; rerun with a higher --end-lr, or keep the default")
     payload = {**result.to_dict(), "message": message, "data_dir": str(data_dir), "strategy": strategy,

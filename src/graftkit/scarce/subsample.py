@@ -19,6 +19,7 @@ from pathlib import Path
 
 from ..data import DataScan, Sample, scan_data
 from ..errors import ConfigError
+from ..fileio import refuse_out_inside_data
 
 LINK_METHODS = ("symlink", "hardlink", "copy")
 
@@ -127,14 +128,6 @@ def _unique_name(sample: Sample, root: Path, used: set[str]) -> str:
     return name
 
 
-def _refuse_out_inside_data(data_dir: Path, out: Path) -> None:
-    data, target = Path(data_dir).resolve(), out.resolve()
-    if target == data or data in target.parents:
-        raise ConfigError(f"--out '{out}' is inside the data folder '{data_dir}': the next scan would take it "
-                          f"for a class, and links would be written next to your images. Pass an --out "
-                          f"outside '{data_dir}'.")
-
-
 def subsample(data_dir: str | Path, per_class: int | None, out_dir: str | Path, seed: int = 0,
               val_fraction: float = 0.2, scan: DataScan | None = None, split_seed: int = 0) -> Subsample:
     """Write a labelled subset of ``per_class`` images per class and the rest as unlabelled.
@@ -154,7 +147,7 @@ def subsample(data_dir: str | Path, per_class: int | None, out_dir: str | Path, 
     if per_class is not None and per_class < 1:
         raise ConfigError(f"per_class must be >= 1 (or None for all), got {per_class}")
     out = Path(out_dir)
-    _refuse_out_inside_data(Path(data_dir), out)
+    refuse_out_inside_data(out, Path(data_dir))
     if out.is_symlink() or (out.exists() and not out.is_dir()):
         raise ConfigError(f"--out '{out}' is a link or a file; pass a new folder (nothing was written).")
     if out.exists() and any(out.iterdir()):
