@@ -17,6 +17,7 @@ from ..config import TrainConfig
 from ..data import scan_data
 from ..engine import fit
 from ..errors import ConfigError
+from ..report.plots import literal_text
 from ..report.summary import mean_interval as summary_mean_interval
 from .subsample import subsample
 
@@ -100,6 +101,7 @@ def _gains(results: list[dict[str, Any]]) -> list[str]:
     return lines
 
 
+@literal_text
 def plot_label_efficiency(summary: dict[str, Any], path: Path) -> Path:
     """Accuracy (mean and 95 % interval) against labelled images per class, log-scaled."""
     try:
