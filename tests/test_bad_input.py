@@ -26,11 +26,15 @@ from graftkit.data.images import MAX_FILE_BYTES, resize_center_square
 from .conftest import TINY, invoke_graft, write_color_images
 
 
-def _dds_as_jpg(path: Path) -> Path:
+def _dds_bytes() -> bytes:
     """192 bytes of DDS with an unknown pixel format: Pillow raises NotImplementedError."""
     header = struct.pack("<7I", 124, 0x1007, 8, 8, 0, 0, 0) + b"\0" * 44 + struct.pack("<2I", 32, 4) + b"XXXX"
     data = b"DDS " + header + b"\0" * 40
-    path.write_bytes(data + b"\0" * (192 - len(data)))
+    return data + b"\0" * (192 - len(data))
+
+
+def _dds_as_jpg(path: Path) -> Path:
+    path.write_bytes(_dds_bytes())
     return path
 
 
@@ -129,7 +133,7 @@ def test_unreadable_weights_file_is_a_checkpoint_error(tmp_path, kind):
 
     path = tmp_path / "w.pth"
     if kind == "random":
-        path.write_bytes(np.random.default_rng(0).integers(0, 256, 4096, dtype=np.uint8).tobytes())
+        path.write_bytes(np.random.default_rng(17).integers(0, 256, 4096, dtype=np.uint8).tobytes())  # IndexError once
     elif kind == "text":
         path.write_text("these are not weights\n" * 20)
     elif kind == "truncated-zip":
@@ -324,3 +328,94 @@ def test_predict_progress_goes_to_a_terminal_stderr_only(tiny_run, class_folder,
     rows = list(csv.reader(io.StringIO(result.stdout)))
     assert len(rows) == 21 and "predicting" not in result.stdout  # piped output stays clean CSV
     assert ("predicting" in result.stderr) == terminal
+
+
+# ------------------------------------------------------------------ fuzz: mutated images, one process
+
+FUZZ_SCRIPT = """
+import json, resource, sys
+resource.setrlimit(resource.RLIMIT_AS, ({limit}, {limit}))  # bounded memory: a bomb fails here
+from graftkit.cli import main
+codes = []
+for args in (["check-data", {data!r}, "--skip-bad-images"], ["predict", {run!r}, {data!r}, "--format", "csv"]):
+    sys.argv = ["graft", *args]
+    try:
+        main()
+        codes.append(0)
+    except SystemExit as exc:
+        codes.append(exc.code if isinstance(exc.code, int) else 1)
+peak = [l.split()[1] for l in open("/proc/self/status") if l.startswith(("VmPeak", "VmHWM"))]
+print("FUZZ-CODES " + json.dumps(codes), "peak kB (virtual, resident):", *peak, file=sys.stderr)
+"""
+FUZZ_AS_LIMIT = 5 * 2**30  # torch reserves ~3 GiB of address space at import; decoding stays well below
+
+
+def _fuzz_seeds() -> dict[str, bytes]:
+    rng = np.random.default_rng(0)
+    pixels = rng.integers(0, 255, (24, 20, 3), dtype=np.uint8)
+    seeds = {}
+    for fmt, ext, options in (("PNG", "png", {}), ("JPEG", "jpg", {"quality": 80}), ("GIF", "gif", {}),
+                              ("TIFF", "tif", {"compression": "tiff_deflate"}), ("WEBP", "webp", {"quality": 60})):
+        buffer = io.BytesIO()
+        Image.fromarray(pixels).save(buffer, fmt, **options)
+        seeds[ext] = buffer.getvalue()
+    seeds["dds.jpg"] = _dds_bytes()  # a texture named .jpg
+    return seeds
+
+
+def _png_strip() -> bytes:
+    buffer = io.BytesIO()
+    Image.new("RGB", (1, 6000), (1, 2, 3)).save(buffer, "PNG")
+    return buffer.getvalue()
+
+
+def _mutate(data: bytes, rng: np.random.Generator) -> bytes:
+    """1-6 byte-level edits: flips, 0x00/0xFF runs, big 32-bit values (sizes), cuts, inserts,
+    truncation; half of the mutants keep their first 8 bytes (the format's magic) so a decoder runs."""
+    out = bytearray(data)
+    keep_magic = rng.random() < 0.5
+    for _ in range(int(rng.integers(1, 7))):
+        out = out or bytearray(b"\0")
+        kind, at = int(rng.integers(0, 6)), int(rng.integers(0, len(out)))
+        if kind == 0:
+            out[at] ^= 1 << int(rng.integers(0, 8))
+        elif kind == 1:
+            out[at:at + int(rng.integers(1, 9))] = bytes([0xFF if rng.random() < 0.5 else 0x00]) * int(rng.integers(1, 9))
+        elif kind == 2:  # a width/height/length field: small, large or huge
+            out[at:at + 4] = struct.pack(">I", int(rng.choice([0, 1, 7, 65535, 1 << 20, 0x7FFFFFFF, 0xFFFFFFFF])))
+        elif kind == 3:
+            del out[at:at + int(rng.integers(1, 64))]
+        elif kind == 4:
+            out[at:at] = rng.integers(0, 256, int(rng.integers(1, 32)), dtype=np.uint8).tobytes()
+        else:
+            out = out[:max(1, at)]
+    if keep_magic:
+        out[:8] = data[:8]
+    return bytes(out)
+
+
+def test_fuzz_mutated_images_never_crash_hang_or_blow_memory(tiny_run, tmp_path):
+    import subprocess
+    import sys
+
+    rng = np.random.default_rng(14)
+    data = tmp_path / "fuzz"
+    count = 0
+    for ext, seed in _fuzz_seeds().items():
+        for i in range(50):
+            folder = data / ("a" if i % 2 else "b")
+            folder.mkdir(parents=True, exist_ok=True)
+            (folder / f"{ext}-{i:02d}.{ext}").write_bytes(_mutate(seed, rng))
+            count += 1
+        for cls in "ab":  # one intact file per format and class: the folder stays a dataset
+            (data / cls / f"{ext}-ok.{ext}").write_bytes(seed)
+    assert count == 300
+    (data / "a" / "strip.png").write_bytes(_png_strip())  # 1x6000: refused, not decoded
+    script = FUZZ_SCRIPT.format(limit=FUZZ_AS_LIMIT, data=str(data), run=str(tiny_run))
+    result = subprocess.run([sys.executable, "-c", script], capture_output=True, text=True, timeout=240,
+                            env={**os.environ, "PYTHONUNBUFFERED": "1"})
+    assert "Traceback" not in result.stderr and "internal error" not in result.stderr, result.stderr[-3000:]
+    codes = json.loads(result.stderr.split("FUZZ-CODES ")[-1].split(" peak")[0])
+    assert result.returncode == 0 and codes[0] == 0 and codes[1] in (0, 2), result.stderr[-3000:]
+    assert "ok" in result.stdout or "usable with --skip-bad-images" in result.stdout
+    assert result.stdout.count("\n") > 10  # predict printed rows for the images that decode
