@@ -275,12 +275,15 @@ def test_predict_skips_fifos_devices_and_huge_files_without_blocking(tiny_run, c
     huge = tmp_path / "huge.jpg"
     with huge.open("wb") as f:  # sparse: no disk used
         f.truncate(MAX_FILE_BYTES + 1)
+    os.mkfifo(class_folder / "blue" / "pipe.png")  # inside a folder too
     skipped = {}
     with _Timeout(60):
-        results = graftkit.load(tiny_run).predict([fifo, Path("/dev/zero"), huge, class_folder / "red" / "000.png"],
+        results = graftkit.load(tiny_run).predict([fifo, Path("/dev/zero"), huge, class_folder / "red" / "000.png",
+                                                   class_folder / "blue"],
                                                   on_skip=lambda p, r: skipped.__setitem__(Path(p).name, r))
-    assert [r.path.name for r in results] == ["000.png"]
+    assert [r.path.name for r in results] == ["000.png"] + [f"{i:03d}.png" for i in range(10)]
     assert "not a regular file" in skipped["fifo.jpg"] and "not a regular file" in skipped["zero"]
+    assert "not a regular file" in skipped["pipe.png"]
     assert "too large" in skipped["huge.jpg"]
 
 

@@ -4,6 +4,8 @@ from __future__ import annotations
 import dataclasses
 import json
 import math
+import numbers
+import os
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
@@ -195,9 +197,9 @@ def _type_ok(value: Any, annotation: str) -> bool:
     """Whether ``value`` fits a field annotation such as ``"int"``, ``"float | None"``, ``"Path | None"``."""
     for kind in (part.strip() for part in annotation.split("|")):
         if (kind == "None" and value is None) or (kind == "bool" and isinstance(value, bool)) or \
-                (kind == "int" and isinstance(value, int) and not isinstance(value, bool)) or \
-                (kind == "float" and isinstance(value, (int, float)) and not isinstance(value, bool)) or \
-                (kind == "str" and isinstance(value, str)) or (kind == "Path" and isinstance(value, (str, Path))):
+                (kind == "int" and isinstance(value, numbers.Integral) and not isinstance(value, bool)) or \
+                (kind == "float" and isinstance(value, numbers.Real) and not isinstance(value, bool)) or \
+                (kind == "str" and isinstance(value, str)) or (kind == "Path" and isinstance(value, (str, os.PathLike))):
             return True
     return False
 

@@ -51,12 +51,16 @@ class _Files(Dataset):
         return self.transform(torch.from_numpy(square).permute(2, 0, 1)), 0
 
 
-def expand_image_paths(paths: Iterable[str | Path]) -> list[Path]:
-    """Files as given, folders searched recursively for image files (hidden ones skipped)."""
+def expand_image_paths(paths: Iterable[str | Path], problems: list | None = None) -> list[Path]:
+    """Files as given, folders searched recursively for image files (hidden ones skipped). Entries of
+    folders that cannot be read (broken links, FIFOs, devices) are added to ``problems``."""
     out: list[Path] = []
     for p in map(Path, paths):
         if p.is_dir():
-            out.extend(f for f in _walk_files(p) if f.suffix.lower() in IMAGE_EXTENSIONS)
+            found = []
+            out.extend(f for f in _walk_files(p, found) if f.suffix.lower() in IMAGE_EXTENSIONS)
+            if problems is not None:
+                problems.extend(b for b in found if b.path.suffix.lower() in IMAGE_EXTENSIONS)
         elif p.exists():
             out.append(p)
         else:
@@ -117,7 +121,10 @@ class ImageClassifier:
             raise ConfigError(f"--top-k must be a whole number >= 1, got {top_k!r}")
         size = int(self.meta["preprocessing"]["resize"])
         good, chunks = [], []
-        files = expand_image_paths(paths)
+        problems: list = []
+        files = expand_image_paths(paths, problems)
+        for bad in problems if on_skip is not None else ():
+            on_skip(bad.path, bad.reason)
         if on_progress is not None:
             on_progress(0, len(files))
         # Decode each file once: the squares that decode are the ones predicted (chunks bound memory;
