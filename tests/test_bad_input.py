@@ -108,6 +108,16 @@ def test_plot_labels_are_literal_text_not_math(tmp_path):
     assert plot_label_efficiency(summary, tmp_path / "le.png").stat().st_size > 0
 
 
+def test_report_of_a_run_with_math_text_class_names(tmp_path):
+    from graftkit.report import write_report
+
+    for name, rgb in (("$\\nope$", (210, 40, 40)), ("a_b^c$", (40, 40, 210))):
+        write_color_images(tmp_path / "data" / name, rgb, 6)
+    run = fit(TrainConfig(data_dir=tmp_path / "data", out_dir=tmp_path / "run", **{**TINY, "epochs": 1}))
+    html = write_report(run.out_dir, gradcam=0).read_text()
+    assert "$\\nope$" in html and "data:image/png;base64," in html
+
+
 # ------------------------------------------------------------------ 6: val/ without classes
 
 def test_val_folder_of_loose_images_is_one_clear_error(tmp_path):
