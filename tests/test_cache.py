@@ -5,9 +5,9 @@ import pytest
 import torch
 
 from graftkit import TrainConfig, fit
-from graftkit.cache import ArrayStore, cache_summary, clear_cache
+from graftkit.cache import ArrayStore, cache_summary
 
-from .conftest import TINY, run_graft
+from .conftest import TINY
 
 
 def test_array_store_roundtrip_and_reopen(tmp_path):
@@ -18,14 +18,6 @@ def test_array_store_roundtrip_and_reopen(tmp_path):
     again = ArrayStore(tmp_path / "s", (2, 3), "float32")
     got = again.get(["c", "a"])
     assert got[0].tolist() == [[7] * 3] * 2 and got[1].tolist() == [[0, 1, 2], [3, 4, 5]]
-
-
-def test_cache_summary_and_clear(tmp_path):
-    store = ArrayStore(tmp_path / "features" / "k1", (4,), "float32", {"description": "demo"})
-    store.put(["x"], np.ones((1, 4), np.float32))
-    (entry,) = cache_summary(tmp_path)
-    assert entry["kind"] == "features" and entry["rows"] == 1 and entry["bytes"] > 0
-    assert clear_cache(tmp_path) == entry["bytes"] and cache_summary(tmp_path) == []
 
 
 def _head_run(folder, out, cache: bool, views: int):
@@ -71,14 +63,3 @@ def test_partial_freeze_caches_the_prefix_and_trains_the_rest(split_folder, tmp_
     assert any("pooled features" in d for d in descriptions)     # head phase
     assert any("output of stages 0-1" in d for d in descriptions)  # fine-tune phase, first 2 frozen
     assert [p["name"] for p in run.metrics["phases"]] == ["head", "finetune"]
-
-
-def test_cache_cli(tmp_path, split_folder):
-    cache_dir = tmp_path / "c"
-    store = ArrayStore(cache_dir / "decoded" / "k", (2,), "uint8", {"description": "d"})
-    store.put(["a"], np.zeros((1, 2), np.uint8))
-    info = run_graft("cache", "info", "--cache-dir", str(cache_dir))
-    assert info.returncode == 0 and "1 store(s)" in info.stdout
-    cleared = run_graft("cache", "clear", "--cache-dir", str(cache_dir))
-    assert cleared.returncode == 0 and "freed" in cleared.stdout
-    assert "0 store(s)" in run_graft("cache", "info", "--cache-dir", str(cache_dir)).stdout

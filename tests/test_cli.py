@@ -38,7 +38,7 @@ def test_bad_folder_exits_2_naming_each_problem_then_trains_with_skip(class_fold
     third = run_graft("train", str(class_folder), *TINY_FLAGS, "--strategy", "scratch", "--epochs", "1",
                       "--skip-bad-images", "--out", str(tmp_path / "r3"))
     assert third.returncode == 0, third.stderr
-    skipped = (tmp_path / "r3" / "skipped.txt").read_text()
+    skipped = (tmp_path / "r3" / "skipped.csv").read_text()
     assert str(truncated) in skipped and str(text) in skipped
 
 

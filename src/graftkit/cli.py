@@ -14,7 +14,7 @@ import typer
 
 from . import __version__
 from .config import TrainConfig
-from .errors import GraftError
+from .errors import ConfigError, GraftError
 
 app = typer.Typer(add_completion=False, no_args_is_help=True, pretty_exceptions_enable=False,
                   help="graftkit: transfer learning and fine-tuning of image classifiers.")
@@ -57,6 +57,7 @@ def check_data(data_dir: Path,
                skip_bad_images: bool = typer.Option(False, help="Report unreadable images but do not fail.")) -> None:
     """Scan DATA_DIR as training would: classes, counts, and every problem with a fix."""
     from .data import scan_data
+    from .data.conflicts import label_conflicts_warning
 
     scan = scan_data(data_dir, val_fraction, seed, skip_bad_images=skip_bad_images)
     train_counts, val_counts = scan.class_counts("train"), scan.class_counts("val")
@@ -68,11 +69,71 @@ def check_data(data_dir: Path,
         typer.echo(f"skipped: {bad.path}: {bad.reason}")
     for warning in scan.warnings:
         typer.echo(f"warning: {warning}")
+    conflicts = _label_conflicts(scan)
+    for group in conflicts:
+        typer.echo("label conflict: same bytes in " + ", ".join(f"{s.path} ({scan.classes[s.label]})" for s in group))
+    if conflicts:
+        typer.echo(f"warning: {label_conflicts_warning(conflicts, scan.classes, 'the lines above')}")
     typer.echo("ok" if not scan.bad else f"usable with --skip-bad-images ({len(scan.bad)} bad files)")
+
+
+def _label_conflicts(scan) -> list:
+    """Identical files under different classes, by the content key training uses."""
+    from concurrent.futures import ThreadPoolExecutor
+
+    from .data.conflicts import find_label_conflicts
+    from .data.decoded import content_key
+
+    def key(sample):
+        try:
+            return content_key(sample.path.read_bytes())
+        except OSError:  # gone since the scan: nothing to compare
+            return f"unreadable:{sample.path}"
+
+    samples = [*scan.train, *scan.val]
+    with ThreadPoolExecutor(max_workers=8) as pool:  # hashing releases the GIL
+        return find_label_conflicts(samples, list(pool.map(key, samples)))
+
+
+# What --resume may change: how the run goes on, not what it computes (--device: to rounding only).
+RESUME_MAY_CHANGE = ("device", "num_workers", "cache_dir", "checkpoint_every")
+
+
+def _resume_changes(ctx: typer.Context, cfg: TrainConfig) -> dict:
+    """The flags given with --resume that may change (as config changes), after refusing the rest:
+    a resumed run goes on with its saved config, so other flags that differ from it are an error."""
+    changes, conflicts = {}, []
+    for name, value in ctx.params.items():
+        source = ctx.get_parameter_source(name)  # typer's own click: compare by name
+        if name in ("resume", "data_dir", "quiet", "plain", "print_config") or \
+                getattr(source, "name", None) not in ("COMMANDLINE", "ENVIRONMENT"):
+            continue
+        if name in RESUME_MAY_CHANGE:
+            changes[name] = value
+            continue
+        saved = getattr(cfg, name, None)
+        if name == "freeze":
+            same = value.strip().lower() == "auto" if cfg.freeze_auto else value.strip() == str(cfg.freeze)
+            saved = "auto" if cfg.freeze_auto else cfg.freeze
+        elif name == "out":
+            saved, same = cfg.out_dir, Path(value).resolve() == Path(cfg.out_dir).resolve()
+        elif hasattr(cfg, name):
+            same = str(value) == str(saved) if isinstance(value, Path) or isinstance(saved, Path) else value == saved
+        else:  # --lr-find, --pseudo-label and its options: not part of a resumed run
+            same = False
+        if not same:
+            shown = (f"--{'' if value else 'no-'}{name.replace('_', '-')}" if isinstance(value, bool)
+                     else f"--{name.replace('_', '-')} {value}")
+            conflicts.append(shown + (f" (saved: {saved})" if hasattr(cfg, name) or name in ("freeze", "out") else ""))
+    if conflicts:
+        raise ConfigError(f"--resume continues '{cfg.out_dir}' with its saved config.json; these flags would "
+                          f"change it: {', '.join(conflicts)}. Drop them, or start a new run with another --out.")
+    return changes
 
 
 @app.command()
 def train(
+    ctx: typer.Context,
     data_dir: Annotated[Optional[Path], typer.Argument(
         help="Folder with train/ and val/, or with one folder per class.")] = None,
     strategy: str = typer.Option(_D["strategy"], help="scratch | feature-extraction | fine-tune."),
@@ -100,7 +161,7 @@ def train(
     cutmix: float = typer.Option(_D["cutmix"], help="CutMix alpha on image batches (0: off, e.g. 1.0)."),
     val_fraction: float = typer.Option(_D["val_fraction"], help="Held out per class when there is no val/."),
     seed: int = typer.Option(_D["seed"]),
-    skip_bad_images: bool = typer.Option(False, help="Train on the readable images; list the rest in skipped.txt."),
+    skip_bad_images: bool = typer.Option(False, help="Train on the readable images; list the rest in skipped.csv."),
     device: str = typer.Option(_D["device"], help="auto | cpu | cuda."),
     num_workers: int = typer.Option(_D["num_workers"], help="Data-loading worker processes."),
     precision: str = typer.Option(_D["precision"], help="auto | fp32 | bf16 (autocast)."),
@@ -117,7 +178,9 @@ def train(
     max_seconds: Optional[float] = typer.Option(None, help="Wall-clock budget: no new epoch starts after it."),
     lr_find: bool = typer.Option(False, "--lr-find", help="Run the learning-rate range test first and train with "
                                  "its suggestion (--lr; the plot goes to lr_find.png in the run folder)."),
-    resume: Optional[Path] = typer.Option(None, help="Continue the interrupted run in this folder."),
+    resume: Optional[Path] = typer.Option(None, help="Continue the interrupted run in this folder, with its saved "
+                                          "config (only --device, --num-workers, --cache-dir, --checkpoint-every, "
+                                          "--quiet and --plain may be added)."),
     print_config: bool = typer.Option(False, help="Print the resolved config and exit."),
     unlabeled: Optional[Path] = typer.Option(None, help="Folder of unlabelled images (for --pseudo-label)."),
     pseudo_label: bool = typer.Option(False, "--pseudo-label", help="Self-train: pseudo-label --unlabeled "
@@ -139,6 +202,10 @@ def train(
         if data_dir is not None and Path(data_dir).resolve() != Path(cfg.data_dir).resolve():
             raise GraftError(f"--resume {resume} trains on '{cfg.data_dir}', not '{data_dir}'. "
                              f"Drop DATA_DIR or pass the same folder.")
+        cfg = cfg.replace(**_resume_changes(ctx, cfg))
+        if print_config:
+            typer.echo(cfg.to_json())
+            return
         run = fit(cfg)
         if quiet:
             typer.echo(f"val_accuracy {run.metrics['val_accuracy']:.4f} → {run.out_dir}")
@@ -334,12 +401,15 @@ def lr_find_command(
     from datetime import datetime
 
     from .engine.lr_find import lr_range_test, save_lr_find
+    from .fileio import refuse_out_inside_data, refuse_used_folder
 
     cfg = TrainConfig(data_dir=data_dir, strategy=strategy, backbone=backbone, image_size=image_size,
                       batch_size=batch_size, augment=augment, val_fraction=val_fraction, seed=seed,
                       skip_bad_images=skip_bad_images, device=device, cache=cache, cache_dir=cache_dir,
                       progress="none" if quiet else "auto")
     folder = out or Path("runs") / f"{datetime.now():%Y%m%d-%H%M%S}-lr-find"
+    refuse_out_inside_data(folder, data_dir)
+    refuse_used_folder(folder, "lr-find")  # a run folder's report would show a test that run never had
     result = lr_range_test(cfg, phase=phase, start_lr=start_lr, end_lr=end_lr, num_steps=steps)
     message = save_lr_find(result, folder, data_dir, strategy)
     typer.echo(message)
@@ -366,12 +436,18 @@ def cache_info(cache_dir: Optional[Path] = typer.Option(None, help="Default ~/.c
 
 @cache_app.command("clear")
 def cache_clear(cache_dir: Optional[Path] = typer.Option(None, help="Default ~/.cache/graftkit.")) -> None:
-    """Delete every cached decoded image and feature (they are recomputed when needed)."""
+    """Delete the cached decoded images and features graftkit wrote (they are recomputed when needed).
+
+    Only a folder marked as graftkit's cache is touched, and in it only graftkit's own files."""
     from .cache import clear_cache
     from .config import default_cache_dir
 
     folder = cache_dir or default_cache_dir()
-    typer.echo(f"freed {clear_cache(folder) / 2**20:.1f} MiB in {folder}")
+    freed, left = clear_cache(folder)
+    typer.echo(f"freed {freed / 2**20:.1f} MiB in {folder}")
+    if left:
+        shown = ", ".join(left[:5]) + (f" and {len(left) - 5} more" if len(left) > 5 else "")
+        typer.echo(f"left alone (not written by graftkit): {shown}")
 
 
 @app.command()

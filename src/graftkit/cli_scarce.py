@@ -46,11 +46,13 @@ def subsample_command(
     val_fraction: float = typer.Option(_D["val_fraction"], help="Held out per class when there is no val/."),
 ) -> None:
     """Make OUT/train/<class>/ (N per class), OUT/val/ and OUT/unlabeled/ (the rest), as links."""
+    from .fileio import refuse_out_inside_data
     from .scarce import parse_per_class, subsample
 
     sizes = parse_per_class(per_class)
     if len(sizes) != 1:
         raise GraftError("subsample takes one --per-class size; label-efficiency takes several.")
+    refuse_out_inside_data(out, data_dir)
     result = subsample(data_dir, sizes[0], out, seed=seed, val_fraction=val_fraction)
     for warning in result.warnings:
         typer.echo(f"warning: {warning}")
@@ -79,6 +81,11 @@ def label_efficiency_command(
     from .scarce import label_efficiency, parse_per_class
 
     out = out or Path("runs") / f"{datetime.now():%Y%m%d-%H%M%S}-label-efficiency"
+    sizes = parse_per_class(per_class)
+    unique = list(dict.fromkeys(sizes))
+    if len(unique) < len(sizes):
+        typer.echo(f"note: --per-class {per_class} repeats a size; measuring each once: "
+                   f"{','.join('all' if s is None else str(s) for s in unique)}")
     cfg = TrainConfig(data_dir=data_dir, strategy=strategy, backbone=backbone, image_size=image_size,
                       epochs=epochs, head_epochs=head_epochs, finetune_epochs=finetune_epochs, augment=augment,
                       batch_size=batch_size, device=device, progress="none")
@@ -88,7 +95,7 @@ def label_efficiency_command(
         typer.echo(f"{size:>5} per class, seed {row['seed']}: val_accuracy {row['val_accuracy']:.4f} "
                    f"({row['num_train']} train images, {row['seconds']:.0f}s)")
 
-    summary = label_efficiency(cfg, parse_per_class(per_class), seeds, out, on_run=on_run)
+    summary = label_efficiency(cfg, unique, seeds, out, on_run=on_run)
     for size in summary["sizes"]:
         acc = size["val_accuracy"]
         interval = f" ± {100 * acc['half_width']:.1f}" if acc["half_width"] is not None else ""

@@ -17,7 +17,7 @@ from typing import Any, Sequence
 from . import __version__
 from .config import STRATEGIES, TrainConfig
 from .errors import ConfigError
-from .fileio import atomic_write_text
+from .fileio import atomic_write_text, refuse_out_inside_data
 
 DEFAULT_STRATEGIES = ("scratch", "feature-extraction", "fine-tune")
 DEFAULT_BUDGET_EPOCHS = 6
@@ -127,6 +127,7 @@ def compare(base: TrainConfig, out_dir: str | Path, strategies: Sequence[str] = 
     epochs = budget_epochs or (MINUTES_ONLY_EPOCH_CAP if budget_minutes else DEFAULT_BUDGET_EPOCHS)
     max_seconds = None if budget_minutes is None else 60.0 * budget_minutes
     out_dir = Path(out_dir)
+    refuse_out_inside_data(out_dir, base.data_dir)
     if (out_dir / "metrics.json").exists():
         raise ConfigError(f"'{out_dir}' is a training run folder; pass a new folder to --out.")
     out_dir.mkdir(parents=True, exist_ok=True)

@@ -5,7 +5,7 @@ import os
 import tempfile
 from pathlib import Path
 
-from .errors import CheckpointError
+from .errors import CheckpointError, ConfigError
 
 
 def atomic_write_bytes(path: Path, data: bytes) -> None:
@@ -33,3 +33,24 @@ def atomic_write_bytes(path: Path, data: bytes) -> None:
 
 def atomic_write_text(path: Path, text: str) -> None:
     atomic_write_bytes(path, text.encode("utf-8"))
+
+
+def refuse_out_inside_data(out: Path, data_dir: Path, flag: str = "--out") -> None:
+    """An output folder at or below the data folder would be read as a class by the next scan."""
+    out_real, data_real = Path(out).resolve(), Path(data_dir).resolve()
+    if out_real == data_real or data_real in out_real.parents:
+        raise ConfigError(f"{flag} '{out}' ({out_real}) is inside DATA_DIR '{data_dir}' ({data_real}): the next "
+                          f"scan would read it as a class. Pass an {flag} outside DATA_DIR.")
+
+
+def refuse_used_folder(out: Path, command: str) -> None:
+    """``command`` writes a new folder: refuse one that holds anything (another run, other files)."""
+    out = Path(out)
+    if out.exists() and not out.is_dir():
+        raise ConfigError(f"--out '{out}' is a file; {command} writes a folder. Pass a new --out.")
+    held = sorted(p.name for p in out.iterdir()) if out.is_dir() else []
+    if held:
+        what = ("a run" if {"metrics.json", "checkpoint.pt", "model.json", "config.json"} & set(held) else
+                f"files ({', '.join(held[:3])}{' ...' if len(held) > 3 else ''})")
+        raise ConfigError(f"--out '{out}' already holds {what}; {command} writes a new folder: pass another "
+                          f"--out (nothing was written).")

@@ -36,9 +36,9 @@ class DecodedImages:
 
     def __init__(self, cache_dir: Path, size: int, flush_every: int = 256) -> None:
         self.size = int(size)
-        self.store = ArrayStore(Path(cache_dir) / "decoded" / f"v{DECODER_VERSION}-{self.size}px",
-                                (self.size, self.size, 3), "uint8",
-                                {"description": f"decoded RGB images, centred {self.size}px squares"})
+        self.store = ArrayStore.in_cache(cache_dir, "decoded", f"v{DECODER_VERSION}-{self.size}px",
+                                         (self.size, self.size, 3), "uint8",
+                                         {"description": f"decoded RGB images, centred {self.size}px squares"})
         self.key_of: dict[Path, str] = {}
         self._pending_keys: list[str] = []
         self._pending_set: set[str] = set()

@@ -7,9 +7,11 @@
 """
 from __future__ import annotations
 
+import csv
 import hashlib
 import io
 import os
+import re
 from concurrent.futures import ThreadPoolExecutor
 from dataclasses import dataclass, field
 from pathlib import Path
@@ -56,25 +58,50 @@ class DataScan:
             counts[self.classes[s.label]] += 1
         return counts
 
-    def skipped_lines(self) -> list[str]:
-        return [f"{b.path}\t{b.reason}" for b in [*self.bad, *self.ignored]]
+    def skipped_csv(self) -> str:
+        """``skipped.csv``: ``path,reason`` rows, csv-quoted (names may hold commas, tabs, newlines)."""
+        buffer = io.StringIO()
+        writer = csv.writer(buffer)
+        writer.writerow(["path", "reason"])
+        writer.writerows([str(b.path), b.reason] for b in [*self.bad, *self.ignored])
+        return buffer.getvalue()
 
 
 def _visible(entry: os.DirEntry) -> bool:
     return not entry.name.startswith(".") and entry.name not in ("__MACOSX", "Thumbs.db", "desktop.ini")
 
 
-def _subdirs(path: Path) -> list[Path]:
+# Files only graftkit writes: a folder holding them is a run or subsample output, never a class.
+_OUTPUT_MARKERS = ("subsample.json", "lr_find.json", "label_efficiency.json", "compare.json")
+
+
+def is_graftkit_output(folder: Path) -> bool:
+    """A run folder (model.json or history.jsonl beside config.json/metrics.json) or the output of
+    ``graft subsample``, ``lr-find``, ``label-efficiency`` or ``compare``."""
+    has = lambda name: (folder / name).is_file()  # noqa: E731
+    return any(has(n) for n in _OUTPUT_MARKERS) or (
+        (has("model.json") or has("history.jsonl")) and (has("metrics.json") or has("config.json")))
+
+
+def _subdirs(path: Path, outputs: list[Path] | None = None) -> list[Path]:
+    """Visible sub-folders; graftkit's own output folders go to ``outputs`` instead, if given."""
     try:
         with os.scandir(path) as it:
-            return sorted(Path(e.path) for e in it if _visible(e) and e.is_dir())
+            found = sorted(Path(e.path) for e in it if _visible(e) and e.is_dir())
+        if outputs is None:
+            return found
+        ours = [d for d in found if is_graftkit_output(d)]
+        outputs.extend(ours)
+        return [d for d in found if d not in ours]
     except PermissionError:
         raise DataError(f"cannot read folder '{path}': permission denied. Fix its permissions.") from None
 
 
-def _walk_files(folder: Path, problems: list[BadFile] | None = None) -> list[Path]:
+def _walk_files(folder: Path, problems: list[BadFile] | None = None,
+                outputs: list[Path] | None = None) -> list[Path]:
     """Files below ``folder`` (recursive, hidden skipped, each real folder visited once so symlink
-    loops end). Entries that cannot be read are added to ``problems``."""
+    loops end). Entries that cannot be read are added to ``problems``; graftkit's own output
+    folders are left out and added to ``outputs``, if given."""
     out, seen = [], set()
     stack = [folder]
     while stack:
@@ -88,6 +115,9 @@ def _walk_files(folder: Path, problems: list[BadFile] | None = None) -> list[Pat
         if key in seen:
             continue
         seen.add(key)
+        if outputs is not None and current != folder and is_graftkit_output(current):
+            outputs.append(current)
+            continue
         try:
             with os.scandir(current) as it:
                 entries = sorted(it, key=lambda e: e.name)
@@ -114,7 +144,7 @@ def _walk_files(folder: Path, problems: list[BadFile] | None = None) -> list[Pat
 
 
 def describe_image_error(exc: BaseException) -> str:
-    """A short reason for a failed decode, as listed in errors and skipped.txt."""
+    """A short reason for a failed decode, as listed in errors and skipped.csv."""
     if isinstance(exc, UnreadableImage):
         return str(exc)
     if isinstance(exc, PermissionError):
@@ -144,19 +174,25 @@ def check_image(path: Path, min_size: int | None = 64) -> str | None:
     return None
 
 
-def _read_class_folders(split_dir: Path) -> dict[str, tuple[list[Path], list[BadFile]]]:
-    """``{class: (image paths, non-image files)}`` for each class folder of one split."""
+def _read_class_folders(split_dir: Path, outputs: list[Path]) -> dict[str, tuple[list[Path], list[BadFile]]]:
+    """``{class: (image paths, non-image files)}`` for each class folder of one split; graftkit's
+    output folders (and folders holding nothing else) go to ``outputs``."""
     result = {}
-    for class_dir in _subdirs(split_dir):
-        images, others, problems = [], [], []
-        for f in _walk_files(class_dir, problems):
+    for class_dir in _subdirs(split_dir, outputs):
+        images, others, problems, inside = [], [], [], []
+        for f in _walk_files(class_dir, problems, inside):
             (images if is_image_name(f) else others).append(f)
+        if inside and not (images or others or problems):  # nothing but graftkit's output below it
+            outputs.append(class_dir)
+            continue
+        outputs.extend(inside)
         result[class_dir.name] = (images, [BadFile(f, "not an image file name") for f in others] + problems)
     return result
 
 
 def _looks_like_split_root(data_dir: Path, class_dirs: list[Path]) -> bool:
-    """Every top folder holds only sub-folders (no images) and they share names: splits, not classes."""
+    """Every top folder holds only sub-folders (no images), they share names, and the top folders
+    or the shared names are split names (train, val, test...): splits, not classes."""
     if len(class_dirs) < 2:
         return False
     names = []
@@ -166,7 +202,20 @@ def _looks_like_split_root(data_dir: Path, class_dirs: list[Path]) -> bool:
         if any(e.is_file() and is_image_name(Path(e.name)) for e in entries):
             return False
         names.append({e.name for e in entries if e.is_dir()})
-    return all(len(n) >= 2 for n in names) and bool(set.intersection(*names))
+    shared = set.intersection(*names)
+    if not all(len(n) >= 2 for n in names) or not shared:
+        return False
+    # Classes may share sub-folders (cats/2019, dogs/2019): only split names make it a split root.
+    return all(_split_like(d.name) for d in class_dirs) or any(_split_like(n) for n in shared)
+
+
+_SPLIT_WORDS = {*TRAIN_NAMES, *VAL_NAMES, *TEST_NAMES, "trainset", "valset", "testset", "trainval", "eval",
+                "evaluation", "holdout"}
+
+
+def _split_like(name: str) -> bool:
+    """``train``, ``val``, ``test_set``, ``training-set``, ``Validation 2``...: a name of a split."""
+    return any(word in _SPLIT_WORDS for word in re.split(r"[^a-z]+", name.lower()))
 
 
 def _split_key(seed: int, cls: str, path: Path, root: Path) -> str:
@@ -198,7 +247,8 @@ def scan_data(data_dir: str | Path, val_fraction: float = 0.2, seed: int = 0,
     if not root.is_dir():
         raise DataError(f"'{root}' is a file, not a folder. Pass a folder of class folders "
                         f"(or with train/ and val/).")
-    top = _subdirs(root)
+    outputs: list[Path] = []  # graftkit's own run/subsample folders under root: never classes
+    top = _subdirs(root, outputs)
     by_name = {d.name.lower(): d for d in top}
     train_dir = next((by_name[n] for n in TRAIN_NAMES if n in by_name), None)
     val_dir = next((by_name[n] for n in VAL_NAMES if n in by_name), None)
@@ -209,9 +259,9 @@ def scan_data(data_dir: str | Path, val_fraction: float = 0.2, seed: int = 0,
                         f"Add train/ with one folder per class.")
     if train_dir is not None:
         layout = "splits"
-        train_found = _read_class_folders(train_dir)
+        train_found = _read_class_folders(train_dir, outputs)
         if val_dir is not None:
-            val_found = _read_class_folders(val_dir)
+            val_found = _read_class_folders(val_dir, outputs)
             if not val_found:
                 loose = [f for f in _walk_files(val_dir) if is_image_name(f)]
                 what = f"{len(loose)} images directly but no class folders" if loose else "no class folders"
@@ -239,7 +289,7 @@ def scan_data(data_dir: str | Path, val_fraction: float = 0.2, seed: int = 0,
             raise DataError(f"'{root}' holds {names}, which look like splits, not classes "
                             f"(they contain class folders, no images). Rename them to train/ and "
                             f"val/, or pass one of them as DATA_DIR.")
-        train_found, val_found = _read_class_folders(root), None
+        train_found, val_found = _read_class_folders(root, outputs), None
         class_root = root
 
     for split_name, found, where in (("train", train_found, class_root),
@@ -280,7 +330,7 @@ def scan_data(data_dir: str | Path, val_fraction: float = 0.2, seed: int = 0,
         listed = "; ".join(f"{b.path} ({b.reason})" for b in bad[:10])
         more = f" and {len(bad) - 10} more" if len(bad) > 10 else ""
         raise DataError(f"{len(bad)} of {len(all_images)} images cannot be used: {listed}{more}. "
-                        f"Remove them, or pass --skip-bad-images (they are then listed in skipped.txt).")
+                        f"Remove them, or pass --skip-bad-images (they are then listed in skipped.csv).")
     bad_paths = {b.path for b in bad}
     label_of = {c: i for i, c in enumerate(classes)}
 
@@ -299,7 +349,12 @@ def scan_data(data_dir: str | Path, val_fraction: float = 0.2, seed: int = 0,
         if count < 2:
             scan_warnings.append(f"class '{cls}' has only {count} training image(s); add more")
     if bad:
-        scan_warnings.append(f"skipping {len(bad)} unreadable image(s), listed in skipped.txt")
+        scan_warnings.append(f"skipping {len(bad)} unreadable image(s), listed in skipped.csv")
+    outputs = list(dict.fromkeys(outputs))  # a class root's folders are listed twice
+    if outputs:
+        scan_warnings.append(f"ignoring {len(outputs)} folder(s) written by graftkit (runs or subsamples, not "
+                             f"classes): {', '.join(str(o) for o in outputs[:3])}{' ...' if len(outputs) > 3 else ''}; "
+                             f"keep --out outside DATA_DIR")
     if ignored:
         scan_warnings.append(f"ignoring {len(ignored)} file(s) that are not images by name or cannot be read "
                              f"(e.g. {ignored[0].path})")

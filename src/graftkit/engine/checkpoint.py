@@ -60,6 +60,10 @@ def save_checkpoint(out_dir: Path, state: dict[str, Any]) -> None:
 def load_checkpoint(out_dir: Path, classes: list[str]) -> dict[str, Any]:
     """Read ``checkpoint.pt`` (never unpickling code) and check it fits ``classes``."""
     path = Path(out_dir) / CHECKPOINT_NAME
+    if not path.is_file() and (Path(out_dir) / "model.safetensors").is_file():
+        raise CheckpointError(f"'{out_dir}' has a model but no {CHECKPOINT_NAME} (written by an older graftkit, "
+                              f"which had none before the first checkpoint): it cannot be resumed. Start a new "
+                              f"run with another --out, or use its model as it is.")
     if not path.is_file():
         raise CheckpointError(f"no checkpoint in '{out_dir}' to resume from (expected {CHECKPOINT_NAME}); "
                               f"the run stopped before its first checkpoint: start it again without --resume.")

@@ -69,8 +69,8 @@ def open_feature_store(cache_dir: Path, classifier: Classifier, cut: int, image_
     pooled = cut == backbone.num_stages
     description = (f"{backbone.name} {'pooled features' if pooled else f'output of stages 0-{cut - 1}'}, "
                    f"{image_size}px, augment {augment}, {precision}")
-    return ArrayStore(Path(cache_dir) / "features" / key, shape, "float32" if pooled else "float16",
-                      {**spec, "description": description})
+    return ArrayStore.in_cache(cache_dir, "features", key, shape, "float32" if pooled else "float16",
+                               {**spec, "description": description})
 
 
 def fill_features(store: ArrayStore, classifier: Classifier, cut: int, decoded: DecodedImages,

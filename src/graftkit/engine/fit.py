@@ -1,6 +1,7 @@
 """``fit(cfg)``: scan the data, build the model, run the phases, write the run folder."""
 from __future__ import annotations
 
+import contextlib
 import copy
 import csv
 import io
@@ -8,7 +9,9 @@ import json
 import math
 import random
 import shutil
+import signal
 import tempfile
+import threading
 import time
 from dataclasses import dataclass
 from datetime import datetime
@@ -23,13 +26,15 @@ from .. import __version__
 from ..backbones import create_backbone
 from ..backbones.registry import native_image_size
 from ..config import TrainConfig
+from ..data.conflicts import find_label_conflicts, label_conflicts_csv, label_conflicts_warning
 from ..data import (DataScan, DecodedDataset, DecodedImages, ImageBatches, augment_key, build_batch_mix,
                     build_eval_transform, build_train_transform, decode_size_for, scan_data)
 from ..errors import ConfigError, GraftError
+from ..fileio import refuse_out_inside_data
 from ..heads import Classifier
 from ..strategies import Phase, build_optimizer, build_phases, phase_at, set_learning_rates, warmup_cosine
-from .checkpoint import (atomic_write_text, capture_rng, load_checkpoint, load_model, restore_rng,
-                         save_checkpoint, save_model)
+from .checkpoint import (CHECKPOINT_NAME, atomic_write_text, capture_rng, load_checkpoint, load_model,
+                         restore_rng, save_checkpoint, save_model)
 from .features import (FeatureBatches, TailModel, autocast_for, fill_features, open_feature_store,
                        resolve_precision)
 from .fusion import fold_frozen_batchnorm
@@ -53,9 +58,34 @@ def eval_batch_size(device: torch.device) -> int:
 
 
 class Interrupted(GraftError):
-    """Ctrl-C: the run stopped cleanly and can be resumed."""
+    """Ctrl-C or SIGTERM: the run stopped cleanly and can be resumed."""
 
     exit_code = 130
+
+    def __init__(self, message: str, exit_code: int = 130) -> None:
+        super().__init__(message)
+        self.exit_code = exit_code
+
+
+class _Terminated(KeyboardInterrupt):
+    """SIGTERM, raised where the training loop is, so it stops as Ctrl-C does."""
+
+
+@contextlib.contextmanager
+def _sigterm_interrupts():
+    """While training, SIGTERM (``kill``, a scheduler's timeout) stops the run like Ctrl-C."""
+    if threading.current_thread() is not threading.main_thread():
+        yield
+        return
+
+    def handler(signum, frame):
+        raise _Terminated
+
+    previous = signal.signal(signal.SIGTERM, handler)
+    try:
+        yield
+    finally:
+        signal.signal(signal.SIGTERM, previous)
 
 
 @dataclass
@@ -97,12 +127,15 @@ def default_out_dir(strategy: str) -> Path:
 
 def prepare_out_dir(cfg: TrainConfig) -> Path:
     out = cfg.out_dir or default_out_dir(cfg.strategy)
+    refuse_out_inside_data(out, cfg.data_dir)
     if cfg.resume:
         if (out / "metrics.json").exists():
             raise ConfigError(f"'{out}' holds a finished run; nothing to resume.")
         return out
     if (out / "model.safetensors").exists() or (out / "metrics.json").exists() or (out / "checkpoint.pt").exists():
-        raise ConfigError(f"'{out}' already holds a run; pass another --out (nothing was overwritten).")
+        resume = (f" Continue it with: graft train --resume {out}"
+                  if (out / "checkpoint.pt").exists() and not (out / "metrics.json").exists() else "")
+        raise ConfigError(f"'{out}' already holds a run; pass another --out (nothing was overwritten).{resume}")
     try:
         out.mkdir(parents=True, exist_ok=True)
         probe = out / ".graftkit-write-test"
@@ -142,6 +175,7 @@ class _Data:
         in_train = set(self.train_keys)
         self.duplicates = [s.path for s, k in zip(scan.val, self.val_keys) if k in in_train]
         self.val_labels = [s.label for s in scan.val]
+        self.label_conflicts = find_label_conflicts([*scan.train, *scan.val], [*self.train_keys, *self.val_keys])
 
     def batches_for(self, phase: Phase, model: Classifier, device: torch.device, precision: str,
                     report: ProgressReporter) -> tuple[nn.Module, Any, Any]:
@@ -210,6 +244,7 @@ def fit(cfg: TrainConfig, scan: DataScan | None = None) -> Run:
 
     With ``cfg.freeze_auto`` the freeze depth is measured first (``strategies.auto_freeze``).
     """
+    refuse_out_inside_data(cfg.out_dir or default_out_dir(cfg.strategy), cfg.data_dir)  # before the scan
     if cfg.freeze_auto:
         from ..strategies.auto_freeze import fit_auto_freeze
 
@@ -219,7 +254,8 @@ def fit(cfg: TrainConfig, scan: DataScan | None = None) -> Run:
     report = ProgressReporter(cfg.progress)
     scratch_cache = None if cfg.cache else Path(tempfile.mkdtemp(prefix="graftkit-nocache-"))
     try:
-        return _fit(cfg, scan, report, started, scratch_cache or cfg.cache_dir)
+        with _sigterm_interrupts():
+            return _fit(cfg, scan, report, started, scratch_cache or cfg.cache_dir)
     finally:
         report.close()
         if scratch_cache is not None:
@@ -249,6 +285,7 @@ def _fit(cfg: TrainConfig, scan: DataScan | None, report: ProgressReporter, star
     start_epoch = epoch = state["epoch"]
     started -= state["elapsed"]  # wall-clock figures (elapsed, seconds_total, max_seconds) go on after a resume
     diverged, setup_seconds, last_checkpoint, stopped = [], 0.0, time.perf_counter(), None
+    checkpoint_epoch = start_epoch if cfg.resume else None
     try:
         while epoch < cfg.total_epochs:
             phase_index, phase, phase_epoch = phase_at(phases, epoch)
@@ -270,6 +307,9 @@ def _fit(cfg: TrainConfig, scan: DataScan | None, report: ProgressReporter, star
                 if phase_epoch != 0:
                     train_batches.generator.set_state(resumed["batch_generator"])
                 resumed = None
+            if checkpoint_epoch is None:  # the state at the start: an interrupt from here on can resume
+                _save_checkpoint(out_dir, epoch, model, optimizer, history, best, scan.classes, train_batches)
+                checkpoint_epoch, last_checkpoint = epoch, time.perf_counter()
             try:
                 row = _train_epoch(cfg, model, net, phase, phase_epoch, epoch, train_batches, val_batches,
                                    optimizer, loss_fn, device, autocast, report, mix)
@@ -296,11 +336,8 @@ def _fit(cfg: TrainConfig, scan: DataScan | None, report: ProgressReporter, star
             epoch += 1
             phase_done = epoch >= cfg.total_epochs or phase_at(phases, epoch)[0] != phase_index
             if phase_done or time.perf_counter() - last_checkpoint >= cfg.checkpoint_every:
-                save_checkpoint(out_dir, {"epoch": epoch, "model": model.state_dict(),
-                                          "optimizer": optimizer.state_dict(), "history": history, "best": best,
-                                          "rng": capture_rng(), "classes": scan.classes,
-                                          "batch_generator": train_batches.generator.get_state()})
-                last_checkpoint = time.perf_counter()
+                _save_checkpoint(out_dir, epoch, model, optimizer, history, best, scan.classes, train_batches)
+                checkpoint_epoch, last_checkpoint = epoch, time.perf_counter()
             report.end_epoch(f"epoch {epoch:>2}/{cfg.total_epochs} {phase.name:<8} "
                              f"train_loss {row['train_loss']:.4f} val_loss {row['val_loss']:.4f} "
                              f"val_acc {row['val_accuracy']:.4f} {time.perf_counter() - epoch_start:6.1f}s"
@@ -311,9 +348,8 @@ def _fit(cfg: TrainConfig, scan: DataScan | None, report: ProgressReporter, star
                 report.message(f"time budget of {cfg.max_seconds:.0f}s spent after epoch {epoch} of "
                                f"{cfg.total_epochs}; stopping (the best epoch so far is kept)")
                 break
-    except KeyboardInterrupt:
-        raise Interrupted(f"interrupted during epoch {epoch + 1}; the last checkpoint and the best model are "
-                          f"in '{out_dir}'. Continue with: graft train --resume {out_dir}") from None
+    except KeyboardInterrupt as exc:
+        raise _interrupted(exc, out_dir, epoch, checkpoint_epoch) from None
     model.load_state_dict(best_state)
     metrics, final = _final_metrics(cfg, data, model, device, precision, phases, history, best, diverged, started)
     metrics["stopped_early"] = stopped
@@ -322,6 +358,25 @@ def _fit(cfg: TrainConfig, scan: DataScan | None, report: ProgressReporter, star
     report.message(f"val_accuracy {metrics['val_accuracy']:.4f} (best epoch {metrics['best_epoch']}, "
                    f"{metrics['best_phase']}) in {metrics['seconds_total']:.0f}s → {out_dir}")
     return Run(out_dir, cfg, scan.classes, metrics, history, model)
+
+
+def _save_checkpoint(out_dir: Path, epoch: int, model: Classifier, optimizer: torch.optim.Optimizer,
+                     history: list, best: dict, classes: list[str], train_batches) -> None:
+    """``checkpoint.pt`` with the state after ``epoch`` epochs (0: before the first one)."""
+    save_checkpoint(out_dir, {"epoch": epoch, "model": model.state_dict(), "optimizer": optimizer.state_dict(),
+                              "history": history, "best": best, "rng": capture_rng(), "classes": classes,
+                              "batch_generator": train_batches.generator.get_state()})
+
+
+def _interrupted(exc: KeyboardInterrupt, out_dir: Path, epoch: int, checkpoint_epoch: int | None) -> Interrupted:
+    """What an interrupt leaves, and the one command that goes on from it."""
+    how, code = ("SIGTERM", 143) if isinstance(exc, _Terminated) else ("Ctrl-C", 130)
+    if checkpoint_epoch is None or not (out_dir / CHECKPOINT_NAME).is_file():
+        return Interrupted(f"interrupted ({how}) before the first checkpoint, during epoch {epoch + 1}: '{out_dir}' "
+                           f"holds no model, nothing to resume. Run the same command again.", code)
+    where = "the start of training" if checkpoint_epoch == 0 else f"epoch {checkpoint_epoch}"
+    return Interrupted(f"interrupted ({how}) during epoch {epoch + 1}; '{out_dir}' holds a checkpoint from "
+                       f"{where}. Continue with: graft train --resume {out_dir}", code)
 
 
 def scan_and_decode(cfg: TrainConfig, scan: DataScan | None,
@@ -348,7 +403,7 @@ def _prepare_data(cfg: TrainConfig, scan: DataScan | None, report: ProgressRepor
     for warning in scan.warnings:
         report.message(f"warning: {warning}")
     if scan.bad or scan.ignored:
-        atomic_write_text(out_dir / "skipped.txt", "\n".join(scan.skipped_lines()) + "\n")
+        atomic_write_text(out_dir / "skipped.csv", scan.skipped_csv())
     if not cfg.resume:
         atomic_write_text(out_dir / "config.json", json.dumps(
             {**cfg.to_dict(), "image_size": image_size, "resolved_precision": precision,
@@ -361,6 +416,9 @@ def _prepare_data(cfg: TrainConfig, scan: DataScan | None, report: ProgressRepor
         report.message(f"warning: {len(data.duplicates)} validation image(s) also appear in train "
                        f"(same bytes), e.g. {data.duplicates[0]}: validation accuracy is optimistic. "
                        f"Listed in duplicates.txt; remove them from one split.")
+    if data.label_conflicts:
+        atomic_write_text(out_dir / "label_conflicts.csv", label_conflicts_csv(data.label_conflicts, scan.classes))
+        report.message(f"warning: {label_conflicts_warning(data.label_conflicts, scan.classes)}")
     return data, out_dir
 
 
@@ -400,7 +458,8 @@ def _final_metrics(cfg: TrainConfig, data: _Data, model: Classifier, device: tor
         "best_phase": best["phase"], "best_epoch_val_accuracy": best["val_accuracy"],
         "final_epoch_val_accuracy": history[-1]["val_accuracy"],
         "classes": scan.classes, "num_train": len(scan.train), "num_val": len(scan.val),
-        "num_skipped": len(scan.bad), "num_duplicates": len(data.duplicates), "strategy": cfg.strategy,
+        "num_skipped": len(scan.bad), "num_duplicates": len(data.duplicates),
+        "num_label_conflicts": len(data.label_conflicts), "strategy": cfg.strategy,
         "backbone": backbone.name, "pretrained": backbone.pretrained, "image_size": data.image_size,
         "device": device.type, "precision": precision, "batch_size": data.batch_size,
         "head_batch_size": data.head_batch_size, "diverged": diverged,

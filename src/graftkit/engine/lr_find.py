@@ -95,8 +95,9 @@ def lr_range_test(cfg: TrainConfig, scan: Any = None, phase: str = "auto", start
 
     if phase not in PHASES:
         raise ConfigError(f"phase must be one of {', '.join(PHASES)}; got {phase!r}")
-    if not 0 < start_lr < end_lr:
-        raise ConfigError(f"need 0 < start_lr < end_lr; got {start_lr} and {end_lr}")
+    if not (math.isfinite(start_lr) and math.isfinite(end_lr) and 0 < start_lr < end_lr):
+        raise ConfigError(f"need finite 0 < start_lr < end_lr (--start-lr, --end-lr); got {start_lr:g} and "
+                          f"{end_lr:g} (the defaults are 1e-07 and 10)")
     if num_steps < 10:
         raise ConfigError(f"num_steps must be >= 10 for a usable curve; got {num_steps}")
     phase = ("full" if cfg.strategy == "scratch" else "head") if phase == "auto" else phase
@@ -166,6 +167,9 @@ def lr_range_test(cfg: TrainConfig, scan: Any = None, phase: str = "auto", start
                 optimizer.step()
         suggestion, minimum, steepest = suggest_lr(lrs, smoothed)
         report.end_epoch(f"lr-find: {len(lrs)} steps from {start_lr:.0e} to {lrs[-1]:.1e}, {stopped}")
+        if stopped != "completed" and minimum == lrs[0]:  # it never fell before it blew up
+            raise ConfigError(f"the learning-rate test {stopped} (lr {lrs[-1]:.1e}) and the loss never fell "
+                              f"before that: no usable range was measured. Lower --start-lr (default 1e-07).")
         return LRFindResult(lrs=lrs, losses=losses, smoothed=smoothed, suggestion=suggestion, minimum_lr=minimum,
                             steepest_lr=steepest, phase=phase, start_lr=start_lr, end_lr=end_lr, num_steps=num_steps,
                             stopped=stopped, seconds=round(time.perf_counter() - started, 3), flag=flag)
@@ -187,7 +191,7 @@ def save_lr_find(result: LRFindResult, out_dir: str | Path, data_dir: str | Path
                f"{result.minimum_lr:.1e}, divided by 10{steepest}) for the {result.phase} phase. Use it: "
                f"graft train {data_dir} --strategy {strategy} {result.flag} {result.suggestion:.1e}  "
                f"(or pass --lr-find to graft train)")
-    if result.minimum_lr >= result.lrs[int(0.95 * (len(result.lrs) - 1))]:
+    if result.stopped == "completed" and result.minimum_lr >= result.lrs[int(0.95 * (len(result.lrs) - 1))]:
         message += (f". Warning: the loss was lowest at the end of the tested range ({result.lrs[-1]:.1e}) and never "
                     f"diverged, so the suggestion is uncertain; rerun with a higher --end-lr, or keep the default")
     payload = {**result.to_dict(), "message": message, "data_dir": str(data_dir), "strategy": strategy,

@@ -1,6 +1,6 @@
 """Reports from run files alone: ``graft report RUN_DIR`` and the ``graft compare`` report.
 
-Reads ``history.jsonl``, ``metrics.json``, ``config.json``, ``predictions.csv``, ``skipped.txt``
+Reads ``history.jsonl``, ``metrics.json``, ``config.json``, ``predictions.csv``, ``skipped.csv``
 (and the model files, for Grad-CAM); never retrains and never imports the training engine.
 """
 from __future__ import annotations

@@ -225,7 +225,7 @@ def data_section(run: RunFiles) -> str:
             f"validation images.</p>" + table(["class", "train", "val"], rows, numeric=(1, 2)))
     if run.skipped:
         items = "".join(f"<li><code>{esc(p)}</code> — {esc(r)}</li>" for p, r in run.skipped[:200])
-        more = f"<p class='note'>… and {len(run.skipped) - 200} more in skipped.txt</p>" if len(run.skipped) > 200 else ""
+        more = f"<p class='note'>… and {len(run.skipped) - 200} more in skipped.csv</p>" if len(run.skipped) > 200 else ""
         body += f"<h3>Skipped files ({len(run.skipped)})</h3><ul>{items}</ul>{more}"
     else:
         body += "<p class='note'>No files were skipped.</p>"
@@ -233,6 +233,12 @@ def data_section(run: RunFiles) -> str:
         items = "".join(f"<li><code>{esc(p)}</code></li>" for p in run.duplicates[:50])
         body += (f"<h3>Validation images also in train ({len(run.duplicates)})</h3><ul>{items}</ul>"
                  "<p class='note'>Same bytes in both splits: validation accuracy is optimistic.</p>")
+    if run.label_conflicts:
+        items = "".join(f"<li>{esc(g)}: <code>{esc(p)}</code> ({esc(c)})</li>" for g, c, p in run.label_conflicts[:100])
+        groups = len({g for g, _, _ in run.label_conflicts})
+        body += (f"<h3>Label conflicts ({groups})</h3><ul>{items}</ul>"
+                 "<p class='note'>The same bytes under different classes (same number: same image): keep each "
+                 "image in one class.</p>")
     return section("Data", body, "data")
 
 

@@ -27,6 +27,7 @@ class RunFiles:
     predictions: list[dict[str, Any]] = field(default_factory=list)
     skipped: list[tuple[str, str]] = field(default_factory=list)
     duplicates: list[str] = field(default_factory=list)
+    label_conflicts: list[tuple[str, str, str]] = field(default_factory=list)  # (group, class, path)
     freeze_auto: dict[str, Any] | None = None
     lr_find: dict[str, Any] | None = None
     resources: dict[str, Any] | None = None
@@ -94,6 +95,20 @@ def _read_predictions(path: Path) -> list[dict[str, Any]]:
         raise ConfigError(f"cannot read '{path}' ({exc}); restore it from the run or retrain.") from None
 
 
+def _read_csv(path: Path, header: list[str]) -> list[list[str]]:
+    """The rows of a csv file graftkit wrote with ``header``; [] when it is absent."""
+    if not path.is_file():
+        return []
+    try:
+        with path.open(newline="", encoding="utf-8") as f:
+            rows = list(csv.reader(f))
+        if rows[:1] != [header] or any(len(row) != len(header) for row in rows[1:]):
+            raise ValueError(f"expected the columns {','.join(header)}")
+    except (OSError, UnicodeDecodeError, csv.Error, ValueError) as exc:
+        raise ConfigError(f"cannot read '{path}' ({exc}); restore it from the run or retrain.") from None
+    return rows[1:]
+
+
 def is_run_dir(path: Path) -> bool:
     return (Path(path) / "metrics.json").is_file()
 
@@ -111,17 +126,19 @@ def load_run(run_dir: str | Path) -> RunFiles:
     history = _read_history(history_path) if history_path.is_file() else []
     predictions_path = run_dir / "predictions.csv"
     predictions = _read_predictions(predictions_path) if predictions_path.is_file() else []
-    skipped = []
-    if (run_dir / "skipped.txt").is_file():
+    skipped = [(row[0], row[1]) for row in _read_csv(run_dir / "skipped.csv", ["path", "reason"])]
+    if not skipped and (run_dir / "skipped.txt").is_file():  # written by graftkit before skipped.csv
         for line in (run_dir / "skipped.txt").read_text().splitlines():
             if line.strip():
                 path, _, reason = line.partition("\t")
                 skipped.append((path, reason))
+    label_conflicts = [(g, c, p) for g, c, p in _read_csv(run_dir / "label_conflicts.csv", ["group", "class", "path"])]
     duplicates = []
     if (run_dir / "duplicates.txt").is_file():
         duplicates = [line for line in (run_dir / "duplicates.txt").read_text().splitlines() if line.strip()]
     return RunFiles(run_dir=run_dir, config=_read_json(run_dir / "config.json", {}) or {}, metrics=metrics,
                     history=history, predictions=predictions, skipped=skipped, duplicates=duplicates,
+                    label_conflicts=label_conflicts,
                     freeze_auto=_read_json(run_dir / "freeze_auto.json", FREEZE_AUTO_SCHEMA),
                     lr_find=_read_json(run_dir / "lr_find.json", LR_FIND_SCHEMA),
                     resources=_read_json(run_dir / "resources.json"))

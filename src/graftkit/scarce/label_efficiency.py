@@ -17,6 +17,7 @@ from ..config import TrainConfig
 from ..data import scan_data
 from ..engine import fit
 from ..errors import ConfigError
+from ..fileio import refuse_out_inside_data, refuse_used_folder
 from ..report.plots import literal_text
 from ..report.summary import mean_interval as summary_mean_interval
 from .subsample import subsample
@@ -50,8 +51,11 @@ def label_efficiency(cfg: TrainConfig, sizes: Sequence[int | None], seeds: int, 
     if seeds < 1:
         raise ConfigError(f"--seeds must be >= 1, got {seeds}")
     out = Path(out_dir)
-    if (out / "label_efficiency.json").exists():
-        raise ConfigError(f"'{out}' already holds a label-efficiency result; pass another --out.")
+    if len(set(sizes)) != len(sizes):
+        raise ConfigError(f"sizes {', '.join('all' if s is None else str(s) for s in sizes)} repeat one; "
+                          f"give each size once (its --seeds runs give the interval).")
+    refuse_out_inside_data(out, cfg.data_dir)
+    refuse_used_folder(out, "label-efficiency")
     out.mkdir(parents=True, exist_ok=True)
     started = time.perf_counter()
     scan = scan_data(cfg.data_dir, cfg.val_fraction, seed=0, verify=False)

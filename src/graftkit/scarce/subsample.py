@@ -19,6 +19,7 @@ from pathlib import Path
 
 from ..data import DataScan, Sample, scan_data
 from ..errors import ConfigError
+from ..fileio import refuse_out_inside_data
 
 LINK_METHODS = ("symlink", "hardlink", "copy")
 
@@ -79,8 +80,20 @@ def choose_labelled(scan: DataScan, per_class: int | None, seed: int) -> tuple[l
     return labelled, rest
 
 
+def _copy_exclusive(source: Path, target: Path) -> None:
+    """Copy ``source`` to a new file ``target``: never over an existing file, never through a link."""
+    flags = os.O_WRONLY | os.O_CREAT | os.O_EXCL | getattr(os, "O_NOFOLLOW", 0)
+    with open(source, "rb") as src:
+        fd = os.open(target, flags, 0o666)
+        with os.fdopen(fd, "wb") as dst:
+            shutil.copyfileobj(src, dst)
+    shutil.copystat(source, target, follow_symlinks=False)
+
+
 def _link(source: Path, target: Path, method: str) -> str:
-    """Place ``source`` at ``target`` by ``method`` or the next one that works; return the one used."""
+    """Place ``source`` at the new path ``target`` by ``method`` or the next one that works; return the
+    one used. An existing ``target`` is an error, never a reason to try the next method: a copy onto
+    a link made a moment ago would write into the original image."""
     for candidate in LINK_METHODS[LINK_METHODS.index(method):]:
         try:
             if candidate == "symlink":
@@ -88,21 +101,30 @@ def _link(source: Path, target: Path, method: str) -> str:
             elif candidate == "hardlink":
                 os.link(source.resolve(), target)
             else:
-                shutil.copy2(source, target)
+                _copy_exclusive(source, target)
             return candidate
+        except FileExistsError:
+            raise ConfigError(f"'{target}' already exists (another process writing into the same --out?); "
+                              f"nothing was written over it. Pass a new --out folder.") from None
         except (OSError, NotImplementedError):
             if candidate == "copy":
                 raise
     raise AssertionError("unreachable")
 
 
-def _flat_name(sample: Sample, root: Path, used: set[str]) -> str:
-    """A unique file name for the flat unlabelled folder that does not reveal the class."""
-    name = sample.path.name
-    if name in used:
-        digest = hashlib.blake2b(str(sample.path).encode(), digest_size=4).hexdigest()
-        name = f"{sample.path.stem}-{digest}{sample.path.suffix}"
-    used.add(name)
+def _unique_name(sample: Sample, root: Path, used: set[str]) -> str:
+    """A file name not yet in ``used`` (names taken in one output folder): the original name, or,
+    when another image of the folder already has it (``cat/a/0.png`` and ``cat/b/0.png``), the name
+    with a short hash of the source path. Flat, so the class is not revealed by sub-folders."""
+    name, salt = sample.path.name, 0
+    while name.casefold() in used:
+        try:
+            rel = sample.path.relative_to(root).as_posix()
+        except ValueError:
+            rel = sample.path.as_posix()
+        digest = hashlib.blake2b(f"{rel}:{salt}".encode(), digest_size=4).hexdigest()
+        name, salt = f"{sample.path.stem}-{digest}{sample.path.suffix}", salt + 1
+    used.add(name.casefold())  # casefold: two names differing only in case collide on macOS/Windows
     return name
 
 
@@ -124,6 +146,9 @@ def subsample(data_dir: str | Path, per_class: int | None, out_dir: str | Path, 
     if per_class is not None and per_class < 1:
         raise ConfigError(f"per_class must be >= 1 (or None for all), got {per_class}")
     out = Path(out_dir)
+    refuse_out_inside_data(out, Path(data_dir))
+    if out.is_symlink() or (out.exists() and not out.is_dir()):
+        raise ConfigError(f"--out '{out}' is a link or a file; pass a new folder (nothing was written).")
     if out.exists() and any(out.iterdir()):
         raise ConfigError(f"'{out}' is not empty; pass a new --out folder (nothing was overwritten).")
     scan = scan or scan_data(data_dir, val_fraction, seed=0, verify=False)
@@ -138,24 +163,25 @@ def subsample(data_dir: str | Path, per_class: int | None, out_dir: str | Path, 
             warnings.append(f"fewer than {per_class} training images in: {', '.join(short)}; took them all")
     methods: set[str] = set()
     method = "symlink"
+    names_used: dict[Path, set[str]] = {}
+    placed: list[tuple[Sample, Path, str]] = []   # (sample, folder, file name)
     for split, samples in (("train", labelled), ("val", scan.val)):
         for s in samples:
             folder = out / split / scan.classes[s.label]
-            folder.mkdir(parents=True, exist_ok=True)
-            used = _link(s.path, folder / s.path.name, method)
-            methods.add(used)
-            method = used  # once links fail they keep failing: skip straight to what works
+            placed.append((s, folder, _unique_name(s, scan.root, names_used.setdefault(folder, set()))))
     unlabeled = out / "unlabeled"
-    unlabeled.mkdir(parents=True, exist_ok=True)
-    used_names: set[str] = set()
     truth = []
     for s in rest:
-        name = _flat_name(s, scan.root, used_names)
-        used = _link(s.path, unlabeled / name, method)
-        methods.add(used)
-        method = used
+        name = _unique_name(s, scan.root, names_used.setdefault(unlabeled, set()))
+        placed.append((s, unlabeled, name))
         truth.append((name, scan.classes[s.label]))
-    with (out / "unlabeled_truth.csv").open("w", newline="") as f:
+    unlabeled.mkdir(parents=True, exist_ok=True)
+    for s, folder, name in placed:
+        folder.mkdir(parents=True, exist_ok=True)
+        used = _link(s.path, folder / name, method)
+        methods.add(used)
+        method = used  # once links fail they keep failing: skip straight to what works
+    with (out / "unlabeled_truth.csv").open("x", newline="") as f:
         writer = csv.writer(f)
         writer.writerow(["file", "label"])
         writer.writerows(truth)
@@ -171,8 +197,9 @@ def subsample(data_dir: str | Path, per_class: int | None, out_dir: str | Path, 
 
     result = Subsample(out, scan.classes, counts_of(labelled), counts_of(scan.val), counts_of(rest),
                        link_method, warnings)
-    (out / "subsample.json").write_text(json.dumps({
-        "source": str(Path(data_dir).resolve()), "per_class": per_class, "seed": seed,
-        "classes": scan.classes, "train": result.train_counts, "val": result.val_counts,
-        "unlabeled": result.unlabeled_counts, "link_method": link_method, "warnings": warnings}, indent=2))
+    with (out / "subsample.json").open("x") as f:
+        f.write(json.dumps({
+            "source": str(Path(data_dir).resolve()), "per_class": per_class, "seed": seed,
+            "classes": scan.classes, "train": result.train_counts, "val": result.val_counts,
+            "unlabeled": result.unlabeled_counts, "link_method": link_method, "warnings": warnings}, indent=2))
     return result

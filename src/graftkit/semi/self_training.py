@@ -30,7 +30,7 @@ from .pseudo_label import (PseudoLabelling, RunPredictor, class_caps, find_unlab
                            with_extra_train)
 
 RUN_FILES = ("config.json", "history.jsonl", "metrics.json", "model.safetensors", "model.json",
-             "predictions.csv", "augmentations.png", "skipped.txt", "duplicates.txt")
+             "predictions.csv", "augmentations.png", "skipped.csv", "duplicates.txt", "label_conflicts.csv")
 
 
 @dataclass(frozen=True)
