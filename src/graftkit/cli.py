@@ -264,9 +264,12 @@ def predict(model: Annotated[Path, typer.Argument(help="Run folder (or its model
 
     if format not in ("table", "json", "csv"):
         raise GraftError(f"--format must be table, json or csv; got {format!r}")
+    from .engine.progress import stderr_progress
+
     classifier = ImageClassifier.from_run(model)
-    results = classifier.predict(paths, top_k=top_k,
-                                 on_skip=lambda p, r: typer.echo(f"skipped: {p}: {r}", err=True))
+    with stderr_progress("predicting") as on_progress:  # a bar on a terminal's stderr only
+        results = classifier.predict(paths, top_k=top_k, on_progress=on_progress,
+                                     on_skip=lambda p, r: typer.echo(f"skipped: {p}: {r}", err=True))
     if format == "json":
         typer.echo(json.dumps([{"path": str(r.path), "class": r.label, "probability": r.probability,
                                 "top": [{"class": c, "probability": p} for c, p in r.top]}

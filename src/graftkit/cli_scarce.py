@@ -119,15 +119,17 @@ def augment_preview(
 ) -> None:
     """Write a grid: each row a training image's validation crop, then its augmentations."""
     from .backbones import native_image_size
-    from .data import decode_size_for, decode_square, scan_data
-    from .data.preview import one_per_class, save_augment_grid
+    from .data import decode_size_for, scan_data
+    from .data.preview import check_preview_out, decodable_samples, one_per_class, save_augment_grid
     from .data.transforms import check_augment
 
-    check_augment(augment)
+    check_preview_out(out)  # before any work: a .png path that is not a folder
     size = image_size or native_image_size(backbone)
+    check_augment(augment, size)
     scan = scan_data(data_dir, verify=False)
-    picked = [scan.train[i] for i in one_per_class([s.label for s in scan.train], num_images)]
-    squares = [decode_square(s.path.read_bytes(), decode_size_for(size)) for s in picked]
+    order = [scan.train[i] for i in one_per_class([s.label for s in scan.train], len(scan.train))]
+    picked, squares = decodable_samples(order, decode_size_for(size), num_images,
+                                        on_skip=lambda p, r: typer.echo(f"skipped: {p}: {r}", err=True))
     save_augment_grid(out, squares, size, augment, num_views=num_views, mixup=mixup, cutmix=cutmix, seed=seed,
                       titles=[scan.classes[s.label] for s in picked])
     typer.echo(f"wrote {out} ({len(picked)} images x {num_views} views, {size}px, augment {augment})")

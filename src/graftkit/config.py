@@ -3,6 +3,9 @@ from __future__ import annotations
 
 import dataclasses
 import json
+import math
+import numbers
+import os
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
@@ -13,6 +16,9 @@ STRATEGIES = ("scratch", "feature-extraction", "fine-tune")
 DEVICES = ("auto", "cpu", "cuda")
 PROGRESS = ("auto", "bar", "plain", "none")
 PRECISIONS = ("auto", "fp32", "bf16")
+MAX_IMAGE_SIZE = 1024    # --image-size: a 1024 px input is decoded and cached at 1170 px (4 MB a row)
+MAX_CACHE_VIEWS = 64     # --cache-views: one backbone pass per view and training image
+MAX_SEED = 2**63 - 1     # --seed, --split-seed: what torch.manual_seed takes
 
 
 def default_cache_dir() -> Path:
@@ -78,6 +84,7 @@ class TrainConfig:
     progress: str = "auto"
 
     def __post_init__(self) -> None:
+        _check_types(self)
         object.__setattr__(self, "data_dir", Path(self.data_dir))
         if self.out_dir is not None:
             object.__setattr__(self, "out_dir", Path(self.out_dir))
@@ -88,21 +95,35 @@ class TrainConfig:
         _choice("device", self.device, DEVICES)
         _choice("progress", self.progress, PROGRESS)
         _choice("precision", self.precision, PRECISIONS)
-        if self.cache_views < 1:
-            raise ConfigError(f"cache_views must be >= 1, got {self.cache_views}")
-        from .data.transforms import check_augment
-
-        check_augment(self.augment)
-        for name in ("mixup", "cutmix"):
-            if getattr(self, name) < 0:
-                raise ConfigError(f"{name} must be >= 0 (a Beta alpha; 0 turns it off), got {getattr(self, name)}")
+        if not 1 <= self.cache_views <= MAX_CACHE_VIEWS:
+            raise ConfigError(f"--cache-views (cache_views) must be between 1 and {MAX_CACHE_VIEWS}, "
+                              f"got {self.cache_views}")
+        for name in ("seed", "split_seed"):
+            value = getattr(self, name)
+            if value is not None and not 0 <= value <= MAX_SEED:
+                raise ConfigError(f"{_flag(name)} must be between 0 and 2**63-1, got {value}")
+        for name in ("mixup", "cutmix", "weight_decay"):
+            value = getattr(self, name)
+            if not (math.isfinite(value) and value >= 0):
+                what = "a Beta alpha; 0 turns it off" if name != "weight_decay" else "0 turns it off"
+                raise ConfigError(f"{_flag(name)} must be a finite number >= 0 ({what}), got {value}")
+        for name in ("lr", "finetune_lr", "checkpoint_every") + (("max_seconds",) if self.max_seconds else ()):
+            if not math.isfinite(getattr(self, name)):
+                raise ConfigError(f"{_flag(name)} must be a finite number, got {getattr(self, name)}")
+        if self.checkpoint_every < 0:
+            raise ConfigError(f"--checkpoint-every must be >= 0 seconds, got {self.checkpoint_every}")
         for name in ("epochs", "head_epochs", "finetune_epochs", "freeze", "num_workers"):
             if getattr(self, name) < 0:
                 raise ConfigError(f"{name} must be >= 0, got {getattr(self, name)}")
         if self.batch_size is not None and self.batch_size < 1:
             raise ConfigError(f"batch_size must be >= 1, got {self.batch_size}")
-        if self.image_size is not None and self.image_size < 16:
-            raise ConfigError(f"image_size must be >= 16 pixels, got {self.image_size}")
+        if self.image_size is not None and not 16 <= self.image_size <= MAX_IMAGE_SIZE:
+            raise ConfigError(f"--image-size (image_size) must be between 16 and {MAX_IMAGE_SIZE} pixels, "
+                              f"got {self.image_size}")
+        from .data.transforms import AUGMENTS, check_augment
+
+        # a pipeline file is built and run once now, at the size it will see, so it fails here
+        check_augment(self.augment, None if self.augment in AUGMENTS else self.image_size or _native_size(self.backbone))
         for name in ("lr", "finetune_lr"):
             if not getattr(self, name) > 0:
                 raise ConfigError(f"{name} must be > 0, got {getattr(self, name)}")
@@ -145,10 +166,17 @@ class TrainConfig:
         except (OSError, json.JSONDecodeError) as exc:
             raise ConfigError(f"cannot read '{path}' ({exc}); --resume needs a run folder written by "
                               f"'graft train'.") from None
+        if not isinstance(saved, dict):
+            raise ConfigError(f"'{path}' must hold a JSON object of settings, got {type(saved).__name__}; "
+                              f"--resume needs a run folder written by 'graft train'.")
         known = {f.name for f in dataclasses.fields(cls)}
         values = {k: v for k, v in saved.items() if k in known}
         values["image_size"] = saved.get("image_size", values.get("image_size"))
-        return cls(**{**values, "out_dir": Path(run_dir), **changes})
+        try:  # the field types and ranges of TrainConfig are the schema of config.json
+            return cls(**{**values, "out_dir": Path(run_dir), **changes})
+        except ConfigError as exc:
+            raise ConfigError(f"'{path}' holds a setting graftkit cannot use: {exc}. Restore the file, or "
+                              f"start a new run without --resume.") from None
 
     def replace(self, **changes: Any) -> "TrainConfig":
         return dataclasses.replace(self, **changes)
@@ -158,6 +186,36 @@ class TrainConfig:
 
     def to_json(self) -> str:
         return json.dumps(self.to_dict(), indent=2)
+
+
+def _flag(name: str) -> str:
+    """The command-line flag of a config field, e.g. ``--weight-decay``."""
+    return "--" + name.replace("_", "-")
+
+
+def _type_ok(value: Any, annotation: str) -> bool:
+    """Whether ``value`` fits a field annotation such as ``"int"``, ``"float | None"``, ``"Path | None"``."""
+    for kind in (part.strip() for part in annotation.split("|")):
+        if (kind == "None" and value is None) or (kind == "bool" and isinstance(value, bool)) or \
+                (kind == "int" and isinstance(value, numbers.Integral) and not isinstance(value, bool)) or \
+                (kind == "float" and isinstance(value, numbers.Real) and not isinstance(value, bool)) or \
+                (kind == "str" and isinstance(value, str)) or (kind == "Path" and isinstance(value, (str, os.PathLike))):
+            return True
+    return False
+
+
+def _check_types(cfg: "TrainConfig") -> None:
+    """Every field of the type it is declared with (a config.json edited by hand, a Python caller)."""
+    for f in dataclasses.fields(cfg):
+        value = getattr(cfg, f.name)
+        if not _type_ok(value, str(f.type)):
+            raise ConfigError(f"{_flag(f.name)} ({f.name}) must be of type {f.type}, got {value!r}")
+
+
+def _native_size(backbone: str) -> int:
+    from .backbones import native_image_size
+
+    return native_image_size(backbone)
 
 
 def _choice(name: str, value: str, allowed: tuple[str, ...]) -> None:

@@ -28,11 +28,19 @@ def read_state_dict(path: str | Path) -> dict[str, torch.Tensor]:
                                   f"Re-export it with safetensors.torch.save_file.") from None
     try:
         obj = torch.load(path, map_location="cpu", weights_only=True)
-    except (pickle.UnpicklingError, RuntimeError, EOFError, ValueError, AttributeError) as exc:
+    except MemoryError:
+        raise
+    except pickle.UnpicklingError as exc:  # weights_only refused something: maybe code
         first = str(exc).strip().splitlines()[0] if str(exc).strip() else type(exc).__name__
         raise CheckpointError(f"refused to load '{path}': it is not a plain tensor file ({first[:160]}). "
                               f"graftkit never unpickles code; save the weights with "
                               f"safetensors.torch.save_file or torch.save(model.state_dict()).") from None
+    except Exception as exc:  # random bytes, text, a truncated zip: IndexError, KeyError, OSError ...
+        first = str(exc).strip().splitlines()[0] if str(exc).strip() else ""
+        raise CheckpointError(f"'{path}' is not a readable weights file ({type(exc).__name__}"
+                              f"{': ' + first[:120] if first else ''}). Pass a .safetensors file or one "
+                              f"saved with torch.save(model.state_dict()); graftkit never unpickles "
+                              f"code.") from None
     if isinstance(obj, dict) and "state_dict" in obj and isinstance(obj["state_dict"], dict):
         obj = obj["state_dict"]
     if not isinstance(obj, dict) or not all(isinstance(v, torch.Tensor) for v in obj.values()):

@@ -15,7 +15,7 @@ from typing import Sequence
 import numpy as np
 
 from ..cache import ArrayStore
-from .images import load_image, resize_center_square
+from .images import load_image, read_image_file, resize_center_square
 from .scan import DECODE_ERRORS, describe_image_error
 
 DECODER_VERSION = 1
@@ -50,8 +50,8 @@ class DecodedImages:
     def check_and_fill(self, path: Path) -> str | None:
         """Scan hook: read ``path`` once, decode it unless cached; return why it is bad, or None."""
         try:
-            data = Path(path).read_bytes()
-        except OSError as exc:
+            data = read_image_file(path)
+        except DECODE_ERRORS as exc:  # unreadable, not a regular file, or too large
             return describe_image_error(exc)
         if not data:
             return "empty file (0 bytes)"

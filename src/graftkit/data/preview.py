@@ -8,6 +8,7 @@ import numpy as np
 import torch
 from PIL import Image, ImageDraw
 
+from ..errors import ConfigError, DataError
 from .transforms import build_batch_mix, build_eval_transform, build_train_transform
 
 CELL_GAP = 2
@@ -78,3 +79,36 @@ def one_per_class(labels: Sequence[int], limit: int = 8) -> list[int]:
                 picked.append(members[depth])
         depth += 1
     return picked
+
+
+def check_preview_out(path: Path) -> None:
+    """Refuse an output that cannot become the PNG (another suffix, an existing folder) up front."""
+    path = Path(path)
+    if path.suffix.lower() != ".png":
+        raise ConfigError(f"--out '{path}' must be a .png file (the preview is a PNG image).")
+    if path.is_dir():
+        raise ConfigError(f"--out '{path}' is an existing folder; pass a file name such as '{path / 'augmentations.png'}'.")
+    if path.parent.exists() and not path.parent.is_dir():
+        raise ConfigError(f"--out '{path}': '{path.parent}' is a file, not a folder. Pass another --out.")
+
+
+def decodable_samples(samples: Sequence, decode_size: int, limit: int, on_skip=None) -> tuple[list, list[np.ndarray]]:
+    """The first ``limit`` of ``samples`` that decode, with their squares; the others are reported
+    through ``on_skip(path, reason)`` and replaced by the next ones."""
+    from .decoded import decode_square
+    from .images import read_image_file
+    from .scan import DECODE_ERRORS, describe_image_error
+
+    picked, squares = [], []
+    for sample in samples:
+        if len(picked) >= limit:
+            break
+        try:
+            squares.append(decode_square(read_image_file(sample.path), decode_size))
+            picked.append(sample)
+        except DECODE_ERRORS as exc:
+            if on_skip is not None:
+                on_skip(sample.path, describe_image_error(exc))
+    if not picked:
+        raise DataError(f"none of the {len(samples)} training images could be read. Run 'graft check-data'.")
+    return picked, squares

@@ -20,7 +20,7 @@ from typing import Callable
 from PIL import Image
 
 from ..errors import DataError
-from .images import IMAGE_EXTENSIONS, is_image_name, load_image
+from .images import IMAGE_EXTENSIONS, PIL_ERRORS, UnreadableImage, is_image_name, load_image, read_image_file
 
 TRAIN_NAMES = ("train", "training")
 VAL_NAMES = ("val", "valid", "validation")
@@ -133,8 +133,10 @@ def walk_files(folder: Path, problems: list[BadFile] | None = None,
                     stack.append(Path(entry.path))
                 elif entry.is_file():
                     out.append(Path(entry.path))
-                elif entry.is_symlink() and problems is not None:
+                elif problems is not None and (entry.is_symlink() and not os.path.exists(entry.path)):
                     problems.append(BadFile(Path(entry.path), "unreadable link (broken or a symlink loop)"))
+                elif problems is not None:
+                    problems.append(BadFile(Path(entry.path), "not a regular file (a FIFO, socket or device)"))
             except OSError:
                 if problems is not None:
                     problems.append(BadFile(Path(entry.path), "unreadable link (broken or a symlink loop)"))
@@ -143,6 +145,8 @@ def walk_files(folder: Path, problems: list[BadFile] | None = None,
 
 def describe_image_error(exc: BaseException) -> str:
     """A short reason for a failed decode, as listed in errors and skipped.csv."""
+    if isinstance(exc, UnreadableImage):
+        return str(exc)
     if isinstance(exc, PermissionError):
         return "permission denied"
     if isinstance(exc, (Image.DecompressionBombError, Image.DecompressionBombWarning)):
@@ -153,16 +157,16 @@ def describe_image_error(exc: BaseException) -> str:
     return "truncated" if "truncated" in message.lower() else f"cannot decode ({message[:80]})"
 
 
-DECODE_ERRORS = (OSError, ValueError, SyntaxError, EOFError, Image.DecompressionBombWarning,
-                 Image.DecompressionBombError)
+DECODE_ERRORS = PIL_ERRORS  # with UnreadableImage (a ValueError): every failure of a file to decode
 
 
 def check_image(path: Path, min_size: int | None = 64) -> str | None:
     """Fully decode ``path``; return why it is unusable, or None when it is fine."""
     try:
-        if path.stat().st_size == 0:
+        data = read_image_file(path)
+        if not data:
             return "empty file (0 bytes)"
-        img = load_image(path, min_size=min_size)
+        img = load_image(io.BytesIO(data), min_size=min_size)
         if img.width < 1 or img.height < 1:
             return "image has no pixels"
     except DECODE_ERRORS as exc:
@@ -258,6 +262,12 @@ def scan_data(data_dir: str | Path, val_fraction: float = 0.2, seed: int = 0,
         train_found = _read_class_folders(train_dir, outputs)
         if val_dir is not None:
             val_found = _read_class_folders(val_dir, outputs)
+            if not val_found:
+                loose = [f for f in walk_files(val_dir) if is_image_name(f)]
+                what = f"{len(loose)} images directly but no class folders" if loose else "no class folders"
+                raise DataError(f"'{val_dir}' holds {what}. Put them in one folder per class "
+                                f"('{val_dir}/<class>/', as in '{train_dir.name}/'), or remove "
+                                f"'{val_dir.name}/' to hold out part of '{train_dir.name}/' instead.")
         else:
             val_found = None
             scan_warnings.append(f"no val/ folder in '{root}': holding out {val_fraction:.0%} of "

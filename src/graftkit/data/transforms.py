@@ -61,13 +61,16 @@ def build_train_transform(image_size: int, mean: Sequence[float], std: Sequence[
     return v2.Compose([*before, *to_float, *after])
 
 
-def check_augment(augment: str) -> None:
-    """Raise ``ConfigError`` unless ``augment`` is a preset name or an existing pipeline file."""
+def check_augment(augment: str, image_size: int | None = None) -> None:
+    """Raise ``ConfigError`` unless ``augment`` is a preset name or an existing pipeline file; with
+    ``image_size``, a pipeline file is also built and run once (``load_augment_file``)."""
     if augment in AUGMENTS:
         return
     if Path(augment).suffix.lower() in CUSTOM_AUGMENT_SUFFIXES:
         if not Path(augment).is_file():
             raise ConfigError(f"augment pipeline file '{augment}' does not exist. Check the path.")
+        if image_size is not None:
+            load_augment_file(Path(augment), image_size)
         return
     raise ConfigError(f"augment must be one of {', '.join(AUGMENTS)} or a .json/.yaml pipeline file; "
                       f"got {augment!r}")
@@ -95,8 +98,8 @@ def load_augment_file(path: Path, image_size: int) -> tuple[list[v2.Transform], 
     Returns:
         (transforms on uint8 images, transforms after normalisation).
     """
-    text = path.read_text()
     try:
+        text = path.read_text()
         if path.suffix.lower() == ".json":
             spec: Any = json.loads(text)
         else:
@@ -136,7 +139,28 @@ def load_augment_file(path: Path, image_size: int) -> tuple[list[v2.Transform], 
             raise ConfigError(f"augment pipeline '{path}', entry {i + 1} ({name}): {exc}") from None
         (after if name in _AFTER_NORMALISE else before).append(transform)
     before.append(v2.CenterCrop(image_size))  # whatever the pipeline did, the model sees image_size
+    _try_pipeline(path, before, after, image_size)
     return before, after
+
+
+def _try_pipeline(path: Path, before: list, after: list, image_size: int) -> None:
+    """Run the pipeline once on a dummy decoded square, so that a crop larger than the image, a
+    ToPILImage or a wrong type fails when the file is loaded, not in the middle of training."""
+    square = decode_size_for(image_size)
+    pipeline = v2.Compose([*before, v2.ToDtype(torch.float32, scale=True), *after])
+    try:
+        with torch.random.fork_rng(devices=[]):  # the global random state is left untouched
+            torch.manual_seed(0)
+            out = pipeline(torch.full((3, square, square), 128, dtype=torch.uint8))
+    except Exception as exc:  # torchvision raises many types for a misconfigured transform
+        first = str(exc).strip().splitlines()[0][:160] if str(exc).strip() else type(exc).__name__
+        raise ConfigError(f"augment pipeline '{path}' fails on a {square}x{square} decoded image "
+                          f"(image size {image_size}): {first}. Fix the entry it names.") from None
+    if not isinstance(out, torch.Tensor) or out.dtype != torch.float32 or \
+            tuple(out.shape) != (3, image_size, image_size):
+        got = tuple(out.shape) if isinstance(out, torch.Tensor) else type(out).__name__
+        raise ConfigError(f"augment pipeline '{path}' turns a {square}x{square} image into {got}, not a "
+                          f"3x{image_size}x{image_size} image tensor. Remove conversions such as ToPILImage.")
 
 
 def build_batch_mix(mixup: float, cutmix: float, num_classes: int) -> Callable | None:

@@ -11,8 +11,7 @@ import torch
 from ..errors import CheckpointError
 from ..fileio import atomic_write_bytes, atomic_write_text
 from ..heads import Classifier
-
-FORMAT_VERSION = 1
+from ..runfiles_schema import FORMAT_VERSION, check_checkpoint, check_model_meta
 
 
 def save_model(out_dir: Path, model: Classifier, meta: dict[str, Any]) -> None:
@@ -71,6 +70,7 @@ def load_checkpoint(out_dir: Path, classes: list[str]) -> dict[str, Any]:
     except Exception as exc:  # damaged or foreign file
         raise CheckpointError(f"'{path}' cannot be read as a graftkit checkpoint ({type(exc).__name__}). "
                               f"Start the run again without --resume.") from None
+    check_checkpoint(state, path)
     saved = list(state.get("classes", []))
     if saved != list(classes):
         only_data = sorted(set(classes) - set(saved))
@@ -101,11 +101,11 @@ def load_model(path: str | Path) -> tuple[Classifier, dict[str, Any]]:
     folder = resolve_model_path(path)
     try:
         meta = json.loads((folder / "model.json").read_text())
-        classes, backbone_name = list(meta["classes"]), str(meta["backbone"])
-        dropout = float(meta["head"]["dropout"])
-    except (json.JSONDecodeError, KeyError, TypeError, ValueError) as exc:
+    except (OSError, UnicodeDecodeError, json.JSONDecodeError) as exc:
         raise CheckpointError(f"'{folder / 'model.json'}' is damaged or not graftkit's ({exc}). "
                               f"Retrain, or restore the file from the run folder.") from None
+    check_model_meta(meta, folder / "model.json")  # every field predict and report use, or one line
+    classes, backbone_name, dropout = list(meta["classes"]), meta["backbone"], float(meta["head"]["dropout"])
     try:
         state = load_file(str(folder / "model.safetensors"))
     except Exception as exc:

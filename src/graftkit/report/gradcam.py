@@ -67,6 +67,7 @@ def explain_images(run_dir: str | Path, rows: Sequence[dict[str, Any]], size: in
     from PIL import Image
 
     from ..data.decoded import decode_square
+    from ..data.images import read_image_file
     from ..predict import ImageClassifier
     from .images import overlay_heatmap
 
@@ -75,13 +76,13 @@ def explain_images(run_dir: str | Path, rows: Sequence[dict[str, Any]], size: in
     out = []
     for row in rows:
         try:
-            square = decode_square(Path(row["path"]).read_bytes(), resize)
-        except Exception:
+            square = decode_square(read_image_file(Path(row["path"])), resize)
+            wanted = [classifier.classes.index(row["predicted"]), classifier.classes.index(row["label"])]
+        except Exception:  # unreadable now, or a class the model does not know (an edited file)
             out.append({"row": row, "input": None, "predicted": None, "true": None})
             continue
         tensor = classifier.transform(torch.from_numpy(square).permute(2, 0, 1))[None]
         crop = _center_crop(square, classifier.image_size)
-        wanted = [classifier.classes.index(row["predicted"]), classifier.classes.index(row["label"])]
         # (2, image_size, image_size): the maps cover exactly the centre crop the model saw
         maps = grad_cam(classifier.model, tensor.expand(2, -1, -1, -1).to(classifier.device), wanted).numpy()
         shown = lambda img: img.resize((size, size), Image.BILINEAR)  # noqa: E731

@@ -25,10 +25,10 @@ def jpeg_uri(image: Image.Image, quality: int = 82) -> str:
 
 def thumbnail(path: str | Path, size: int = 160) -> Image.Image | None:
     """The centred square of an image file at ``size`` pixels, as training saw it; None if unreadable."""
-    from ..data.images import load_image, resize_center_square
+    from ..data.images import load_image, read_image_file, resize_center_square
 
-    try:
-        return resize_center_square(load_image(Path(path), min_size=size), size)
+    try:  # a regular file of bounded size only: predictions.csv may have been edited
+        return resize_center_square(load_image(io.BytesIO(read_image_file(Path(path))), min_size=size), size)
     except Exception:  # moved, deleted or unreadable since training: the report says so instead
         return None
 

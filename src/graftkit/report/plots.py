@@ -4,14 +4,30 @@ Every function takes plain values read from run files and returns PNG bytes.
 """
 from __future__ import annotations
 
+import functools
 import io
-from typing import Any, Sequence
+from typing import Any, Callable, Sequence, TypeVar
 
 import numpy as np
 
 STRATEGY_COLORS = {"scratch": "#d1495b", "feature-extraction": "#2e86ab", "fine-tune": "#3b9c4f"}
 _EXTRA_COLORS = ["#8e6bbf", "#e08e0b", "#5d6d7e", "#c0392b", "#16a085"]
 TRAIN_STYLE, VAL_STYLE = dict(linestyle="--", linewidth=1.4), dict(linestyle="-", linewidth=2.0)
+
+
+_F = TypeVar("_F", bound=Callable[..., Any])
+
+
+def literal_text(function: _F) -> _F:
+    """Draw every text of the figures ``function`` makes as literal text: a class or folder named
+    ``$\\nope$`` is printed as it is, never parsed as math text (or handed to LaTeX)."""
+    @functools.wraps(function)
+    def wrapper(*args, **kwargs):
+        from matplotlib import rc_context
+
+        with rc_context({"text.parse_math": False, "text.usetex": False}):
+            return function(*args, **kwargs)
+    return wrapper  # type: ignore[return-value]
 
 
 def strategy_color(name: str, index: int = 0) -> str:
@@ -76,6 +92,7 @@ def _phase_starts(history: Sequence[dict[str, Any]], x: str) -> list[tuple[float
     return out
 
 
+@literal_text
 def run_curves_png(history: Sequence[dict[str, Any]], title: str = "") -> bytes:
     """Accuracy and loss, train (dashed) vs validation (solid), against epoch and wall-clock seconds."""
     fig = _figure(10.5, 7.0)
@@ -101,6 +118,7 @@ def run_curves_png(history: Sequence[dict[str, Any]], title: str = "") -> bytes:
     return _png(fig)
 
 
+@literal_text
 def compare_curves_png(histories: dict[str, list[list[dict[str, Any]]]], target: float | None = None) -> bytes:
     """Validation accuracy and loss per strategy, against epoch and wall-clock seconds.
 
@@ -131,6 +149,7 @@ def compare_curves_png(histories: dict[str, list[list[dict[str, Any]]]], target:
     return _png(fig)
 
 
+@literal_text
 def overfitting_png(histories: dict[str, list[list[dict[str, Any]]]]) -> bytes:
     """Per strategy: train (dashed) vs validation (solid) accuracy and loss against epoch."""
     names = list(histories)
@@ -153,6 +172,7 @@ def overfitting_png(histories: dict[str, list[list[dict[str, Any]]]]) -> bytes:
     return _png(fig)
 
 
+@literal_text
 def confusion_png(matrix: Sequence[Sequence[int]], classes: Sequence[str], title: str = "confusion matrix") -> bytes:
     """Counts with rows = true class, columns = predicted class; the diagonal is correct."""
     m = np.asarray(matrix, dtype=float)
@@ -175,6 +195,7 @@ def confusion_png(matrix: Sequence[Sequence[int]], classes: Sequence[str], title
     return _png(fig)
 
 
+@literal_text
 def lr_find_png(result: dict[str, Any]) -> bytes:
     """Smoothed loss against learning rate (log scale) with the suggestion marked."""
     fig = _figure(8.0, 4.8)
@@ -201,6 +222,7 @@ def lr_find_png(result: dict[str, Any]) -> bytes:
     return _png(fig)
 
 
+@literal_text
 def freeze_auto_png(rows: Sequence[dict[str, Any]], chosen: int | None = None) -> bytes:
     """Validation accuracy (bars) and seconds (dots) per tried freeze depth."""
     fig = _figure(8.0, 4.2)

@@ -8,6 +8,8 @@ from pathlib import Path
 from typing import Any
 
 from ..errors import ConfigError
+from ..runfiles_schema import (COMPARE_SCHEMA, FREEZE_AUTO_SCHEMA, HISTORY_SCHEMA, LR_FIND_SCHEMA,
+                               METRICS_SCHEMA, Schema, check_report_file, parse_prediction_row)
 
 
 @dataclass
@@ -55,12 +57,41 @@ class RunFiles:
         return None
 
 
-def _read_json(path: Path) -> Any:
+def _read_json(path: Path, schema: Schema | None = None) -> Any:
+    """The JSON in ``path`` (None when it does not exist), checked against ``schema`` when given."""
     try:
-        return json.loads(path.read_text())
+        data = json.loads(path.read_text())
     except FileNotFoundError:
         return None
-    except (OSError, json.JSONDecodeError) as exc:
+    except (OSError, UnicodeDecodeError, json.JSONDecodeError) as exc:
+        raise ConfigError(f"cannot read '{path}' ({exc}); restore it from the run or retrain.") from None
+    return data if schema is None else check_report_file(data, schema, path)
+
+
+def _read_history(path: Path) -> list[dict[str, Any]]:
+    rows = []
+    try:
+        lines = path.read_text().splitlines()
+    except (OSError, UnicodeDecodeError) as exc:
+        raise ConfigError(f"cannot read '{path}' ({exc}); restore it from the run or retrain.") from None
+    for number, line in enumerate(lines, 1):
+        if not line.strip():
+            continue
+        try:
+            row = json.loads(line)
+        except json.JSONDecodeError as exc:
+            raise ConfigError(f"'{path}' (line {number}) is not JSON ({exc}); restore it from the run "
+                              f"or retrain.") from None
+        rows.append(check_report_file(row, HISTORY_SCHEMA, path, f"line {number}"))
+    return rows
+
+
+def _read_predictions(path: Path) -> list[dict[str, Any]]:
+    try:
+        with path.open(newline="") as f:
+            return [parse_prediction_row(row, path, number)
+                    for number, row in enumerate(csv.DictReader(f), 2)]
+    except (OSError, UnicodeDecodeError, csv.Error) as exc:
         raise ConfigError(f"cannot read '{path}' ({exc}); restore it from the run or retrain.") from None
 
 
@@ -85,23 +116,16 @@ def is_run_dir(path: Path) -> bool:
 def load_run(run_dir: str | Path) -> RunFiles:
     """Read a finished run folder written by ``graft train`` (or ``graft compare``)."""
     run_dir = Path(run_dir)
-    metrics = _read_json(run_dir / "metrics.json")
+    metrics = _read_json(run_dir / "metrics.json", METRICS_SCHEMA)
     if metrics is None:
         hint = (" It holds a checkpoint: finish it with 'graft train --resume " f"{run_dir}'."
                 if (run_dir / "checkpoint.pt").exists() else "")
         raise ConfigError(f"'{run_dir}' is not a finished run folder (no metrics.json).{hint} "
                           f"Pass a folder written by 'graft train' or 'graft compare'.")
-    history = []
     history_path = run_dir / "history.jsonl"
-    if history_path.is_file():
-        history = [json.loads(line) for line in history_path.read_text().splitlines() if line.strip()]
-    predictions = []
-    if (run_dir / "predictions.csv").is_file():
-        with (run_dir / "predictions.csv").open(newline="") as f:
-            for row in csv.DictReader(f):
-                row["confidence"] = float(row["confidence"])
-                row["true_class_probability"] = float(row["true_class_probability"])
-                predictions.append(row)
+    history = _read_history(history_path) if history_path.is_file() else []
+    predictions_path = run_dir / "predictions.csv"
+    predictions = _read_predictions(predictions_path) if predictions_path.is_file() else []
     skipped = [(row[0], row[1]) for row in _read_csv(run_dir / "skipped.csv", ["path", "reason"])]
     if not skipped and (run_dir / "skipped.txt").is_file():  # written by graftkit before skipped.csv
         for line in (run_dir / "skipped.txt").read_text().splitlines():
@@ -112,11 +136,11 @@ def load_run(run_dir: str | Path) -> RunFiles:
     duplicates = []
     if (run_dir / "duplicates.txt").is_file():
         duplicates = [line for line in (run_dir / "duplicates.txt").read_text().splitlines() if line.strip()]
-    return RunFiles(run_dir=run_dir, config=_read_json(run_dir / "config.json") or {}, metrics=metrics,
+    return RunFiles(run_dir=run_dir, config=_read_json(run_dir / "config.json", {}) or {}, metrics=metrics,
                     history=history, predictions=predictions, skipped=skipped, duplicates=duplicates,
                     label_conflicts=label_conflicts,
-                    freeze_auto=_read_json(run_dir / "freeze_auto.json"),
-                    lr_find=_read_json(run_dir / "lr_find.json"),
+                    freeze_auto=_read_json(run_dir / "freeze_auto.json", FREEZE_AUTO_SCHEMA),
+                    lr_find=_read_json(run_dir / "lr_find.json", LR_FIND_SCHEMA),
                     resources=_read_json(run_dir / "resources.json"))
 
 
@@ -126,7 +150,7 @@ def find_compare_runs(compare_dir: str | Path) -> dict[str, list[RunFiles]]:
     The order of strategies is the one in ``compare.json`` when it exists, else alphabetical.
     """
     compare_dir = Path(compare_dir)
-    saved = _read_json(compare_dir / "compare.json") or {}
+    saved = _read_json(compare_dir / "compare.json", COMPARE_SCHEMA) or {}
     names = list(saved.get("strategies", {})) or sorted(p.name for p in compare_dir.iterdir() if p.is_dir())
     out: dict[str, list[RunFiles]] = {}
     for name in names:

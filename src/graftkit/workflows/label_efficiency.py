@@ -18,6 +18,7 @@ from ..data import scan_data
 from ..engine import fit
 from ..errors import ConfigError
 from ..fileio import refuse_out_inside_data, refuse_used_folder
+from ..report.plots import literal_text
 from ..report.summary import mean_interval as summary_mean_interval
 from ..scarce.subsample import subsample
 
@@ -110,6 +111,7 @@ def _gains(results: list[dict[str, Any]]) -> list[str]:
     return lines
 
 
+@literal_text
 def plot_label_efficiency(summary: dict[str, Any], path: Path) -> Path:
     """Accuracy (mean and 95 % interval) against labelled images per class, log-scaled.
 
