@@ -18,7 +18,7 @@ import time
 from pathlib import Path
 
 sys.path.insert(0, str(Path(__file__).resolve().parent))
-from common import dataset, fresh_dir, graft, read_metrics, run_timed, table  # noqa: E402
+from common import dataset, fresh_dir, graft, read_metrics, run_timed, table, machine  # noqa: E402
 
 
 def history_lines(run: Path) -> int:
@@ -42,6 +42,7 @@ def kill_when(cmd: list[str], ready, what: str, timeout: float = 900) -> None:
 
 
 def main() -> None:
+    print(machine(), flush=True)
     parser = argparse.ArgumentParser()
     parser.add_argument("--data", default="hymenoptera")
     parser.add_argument("--seed", type=int, default=0)

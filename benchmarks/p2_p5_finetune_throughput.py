@@ -17,7 +17,7 @@ import time
 from pathlib import Path
 
 sys.path.insert(0, str(Path(__file__).resolve().parent))
-from common import dataset, fresh_dir, matmul_peak_gflops, table  # noqa: E402
+from common import dataset, fresh_dir, matmul_peak_gflops, table, machine  # noqa: E402
 
 GFLOP_PER_TRAIN_IMAGE = 2.3
 
@@ -49,6 +49,7 @@ def raw_train_throughput(batch_size: int, fold: bool, steps: int = 8) -> float:
 
 
 def main() -> None:
+    print(machine(), flush=True)
     parser = argparse.ArgumentParser()
     parser.add_argument("--data", default="hymenoptera")
     parser.add_argument("--epochs", type=int, default=2)

@@ -14,10 +14,11 @@ import sys
 from pathlib import Path
 
 sys.path.insert(0, str(Path(__file__).resolve().parent))
-from common import dataset, fresh_dir, graft, read_metrics, run_timed, table  # noqa: E402
+from common import dataset, fresh_dir, graft, read_metrics, run_timed, table, machine  # noqa: E402
 
 
 def main() -> None:
+    print(machine(), flush=True)
     parser = argparse.ArgumentParser()
     parser.add_argument("--fastai-python", required=True)
     parser.add_argument("--data", default="hymenoptera")

@@ -20,12 +20,13 @@ import sys
 from pathlib import Path
 
 sys.path.insert(0, str(Path(__file__).resolve().parents[1] / "src"))
-from common import dataset, fresh_dir, graft, read_metrics, run_timed, table  # noqa: E402
+from common import dataset, fresh_dir, graft, read_metrics, run_timed, table, machine  # noqa: E402
 
 from graftkit.workflows.label_efficiency import mean_interval  # noqa: E402
 
 
 def main() -> None:
+    print(machine(), flush=True)
     parser = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
     parser.add_argument("--data", default="flower_photos_1250")
     parser.add_argument("--per-class", type=int, default=10)
