@@ -229,3 +229,25 @@ def test_a_run_on_a_corrupted_cache_rebuilds_it_and_matches_the_uncached_run(spl
     assert len(warnings) == len(chunks) and all("rebuilding" in w for w in warnings)
     assert again["val_accuracy"] == reference["val_accuracy"]
     assert again["val_loss"] == pytest.approx(reference["val_loss"], abs=1e-5)
+
+
+# --- the two model files belong together ---------------------------------------------------------
+
+def test_weights_from_another_run_or_a_torn_write_are_caught_on_load(split_folder, tmp_path):
+    import graftkit
+    from graftkit.errors import CheckpointError
+
+    one = fit(TrainConfig(data_dir=split_folder, strategy="feature-extraction", out_dir=tmp_path / "one",
+                          seed=1, **{**TINY, "epochs": 1}))
+    two = fit(TrainConfig(data_dir=split_folder, strategy="feature-extraction", out_dir=tmp_path / "two",
+                          seed=2, **{**TINY, "epochs": 1}))
+    graftkit.load(one.out_dir)  # intact pair: loads
+    # model.safetensors rewritten, model.json not (a full disk between the two writes)
+    (one.out_dir / "model.safetensors").write_bytes((two.out_dir / "model.safetensors").read_bytes())
+    with pytest.raises(CheckpointError, match="is not the file"):
+        graftkit.load(one.out_dir)
+    # a model.json from before this check (no digest) still loads
+    meta = json.loads((two.out_dir / "model.json").read_text())
+    del meta["weights_blake2b"]
+    (two.out_dir / "model.json").write_text(json.dumps(meta))
+    graftkit.load(two.out_dir)

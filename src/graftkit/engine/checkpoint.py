@@ -1,6 +1,7 @@
 """Saving and loading a trained model: ``model.safetensors`` + ``model.json``, nothing pickled."""
 from __future__ import annotations
 
+import hashlib
 import io
 import json
 from pathlib import Path
@@ -19,8 +20,16 @@ def save_model(out_dir: Path, model: Classifier, meta: dict[str, Any]) -> None:
     from safetensors.torch import save
 
     state = {k: v.detach().cpu().contiguous() for k, v in model.state_dict().items()}
-    atomic_write_bytes(out_dir / "model.safetensors", save(state))
-    atomic_write_text(out_dir / "model.json", json.dumps({"format_version": FORMAT_VERSION, **meta}, indent=2))
+    weights = save(state)
+    # The two files are written one after the other: model.json names the weights it belongs to, so
+    # a crash or a full disk between the writes is caught on load, never a silent mismatch.
+    atomic_write_bytes(out_dir / "model.safetensors", weights)
+    atomic_write_text(out_dir / "model.json", json.dumps({"format_version": FORMAT_VERSION, **meta,
+                                                          "weights_blake2b": weights_digest(weights)}, indent=2))
+
+
+def weights_digest(data: bytes) -> str:
+    return hashlib.blake2b(data, digest_size=16).hexdigest()
 
 
 CHECKPOINT_NAME = "checkpoint.pt"
@@ -94,7 +103,7 @@ def resolve_model_path(path: str | Path) -> Path:
 
 def load_model(path: str | Path) -> tuple[Classifier, dict[str, Any]]:
     """Rebuild the classifier from a run folder; weights must match exactly."""
-    from safetensors.torch import load_file
+    from safetensors.torch import load
 
     from ..backbones import create_backbone
 
@@ -107,7 +116,15 @@ def load_model(path: str | Path) -> tuple[Classifier, dict[str, Any]]:
     check_model_meta(meta, folder / "model.json")  # every field predict and report use, or one line
     classes, backbone_name, dropout = list(meta["classes"]), meta["backbone"], float(meta["head"]["dropout"])
     try:
-        state = load_file(str(folder / "model.safetensors"))
+        weights = (folder / "model.safetensors").read_bytes()
+        expected = meta.get("weights_blake2b")
+        if isinstance(expected, str) and weights_digest(weights) != expected:
+            raise CheckpointError(f"'{folder / 'model.safetensors'}' is not the file '{folder / 'model.json'}' was "
+                                  f"written with (an interrupted write, or a file from another run). Retrain, or "
+                                  f"restore both files together.")
+        state = load(weights)
+    except CheckpointError:
+        raise
     except Exception as exc:
         raise CheckpointError(f"'{folder / 'model.safetensors'}' cannot be read ({exc}). "
                               f"Retrain, or restore the file.") from None
