@@ -144,7 +144,6 @@ class ArrayStore:
         self._verified: set[str] = set()
         self._maps: dict[str, np.ndarray] = {}
         self._lock = threading.RLock()
-        self.rebuilt: list[str] = []             # why chunks were dropped in this process
         self.refresh()
 
     @classmethod
@@ -204,9 +203,8 @@ class ArrayStore:
                 log.debug("could not delete %s: %s", self.root / name, exc)
         if quiet:
             return
-        message = f"cache chunk '{self.root / f'chunk-{chunk}.npy'}' cannot be trusted ({why}); rebuilding it"
-        self.rebuilt.append(message)
-        log.warning("warning: %s", message)
+        log.warning("warning: cache chunk '%s' cannot be trusted (%s); rebuilding it",
+                    self.root / f"chunk-{chunk}.npy", why)
 
     def _verify(self, chunk: str) -> bool:
         """Hash a chunk the first time this process uses it; drop it (False) when it does not match."""
