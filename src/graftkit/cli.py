@@ -57,9 +57,13 @@ def check_data(data_dir: Path,
                skip_bad_images: bool = typer.Option(False, help="Report unreadable images but do not fail.")) -> None:
     """Scan DATA_DIR as training would: classes, counts, and every problem with a fix."""
     from .data import scan_data
-    from .data.conflicts import label_conflicts_warning
+    from .data.conflicts import find_label_conflicts, label_conflicts_warning
+    from .data.decoded import content_key
+    from .data.scan import check_image
 
-    scan = scan_data(data_dir, val_fraction, seed, skip_bad_images=skip_bad_images)
+    keys: dict[Path, str] = {}  # content keys, hashed from the bytes the scan reads anyway
+    scan = scan_data(data_dir, val_fraction, seed, skip_bad_images=skip_bad_images,
+                     checker=lambda p: check_image(p, on_bytes=lambda q, data: keys.__setitem__(q, content_key(data))))
     train_counts, val_counts = scan.class_counts("train"), scan.class_counts("val")
     typer.echo(f"{data_dir}: {scan.layout} layout, {len(scan.classes)} classes, "
                f"{len(scan.train)} train / {len(scan.val)} val images")
@@ -69,30 +73,13 @@ def check_data(data_dir: Path,
         typer.echo(f"skipped: {bad.path}: {bad.reason}")
     for warning in scan.warnings:
         typer.echo(f"warning: {warning}")
-    conflicts = _label_conflicts(scan)
+    samples = [*scan.train, *scan.val]
+    conflicts = find_label_conflicts(samples, [keys.get(s.path, f"unread:{s.path}") for s in samples])
     for group in conflicts:
         typer.echo("label conflict: same bytes in " + ", ".join(f"{s.path} ({scan.classes[s.label]})" for s in group))
     if conflicts:
         typer.echo(f"warning: {label_conflicts_warning(conflicts, scan.classes, 'the lines above')}")
     typer.echo("ok" if not scan.bad else f"usable with --skip-bad-images ({len(scan.bad)} bad files)")
-
-
-def _label_conflicts(scan) -> list:
-    """Identical files under different classes, by the content key training uses."""
-    from concurrent.futures import ThreadPoolExecutor
-
-    from .data.conflicts import find_label_conflicts
-    from .data.decoded import content_key
-
-    def key(sample):
-        try:
-            return content_key(sample.path.read_bytes())
-        except OSError:  # gone since the scan: nothing to compare
-            return f"unreadable:{sample.path}"
-
-    samples = [*scan.train, *scan.val]
-    with ThreadPoolExecutor(max_workers=8) as pool:  # hashing releases the GIL
-        return find_label_conflicts(samples, list(pool.map(key, samples)))
 
 
 # What --resume may change: how the run goes on, not what it computes (--device: to rounding only).

@@ -160,10 +160,15 @@ def describe_image_error(exc: BaseException) -> str:
 DECODE_ERRORS = PIL_ERRORS  # with UnreadableImage (a ValueError): every failure of a file to decode
 
 
-def check_image(path: Path, min_size: int | None = 64) -> str | None:
-    """Fully decode ``path``; return why it is unusable, or None when it is fine."""
+def check_image(path: Path, min_size: int | None = 64,
+                on_bytes: Callable[[Path, bytes], None] | None = None) -> str | None:
+    """Fully decode ``path``; return why it is unusable, or None when it is fine.
+
+    ``on_bytes(path, data)`` sees the file's bytes once read (e.g. to hash them without a second read)."""
     try:
         data = read_image_file(path)
+        if on_bytes is not None:
+            on_bytes(path, data)
         if not data:
             return "empty file (0 bytes)"
         img = load_image(io.BytesIO(data), min_size=min_size)
