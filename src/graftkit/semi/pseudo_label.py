@@ -156,7 +156,9 @@ class RunPredictor:
                                        augment_key(cfg.augment), precision, cfg.fold_bn)
             fill_features(store, model, cut, self.decoded, keys, [0], eval_tf, eval_tf, device, autocast,
                           eval_batch_size(device), fold_bn=cfg.fold_bn)
-            with torch.no_grad():
+            # The head runs under the same autocast as the whole model in `graft evaluate` (bf16 on
+            # CPUs with native bf16), or the probabilities differ in the 4th decimal there.
+            with torch.no_grad(), autocast():
                 features = torch.from_numpy(store.get([f"{k}:0" for k in keys])).float().to(device)
                 logits = model.head(features)
         else:
