@@ -85,7 +85,7 @@ def _interrupt_at(monkeypatch, epoch_index: int, action=None) -> None:
 def _options(split_folder):
     # checkpoint_every is the default (10 s): no checkpoint is due before the head phase ends
     return dict(data_dir=split_folder, strategy="fine-tune", precision="fp32",
-                **{**TINY, "head_epochs": 2, "finetune_epochs": 1})
+                **{**TINY, "epochs": None, "head_epochs": 2, "finetune_epochs": 1})
 
 
 def test_ctrl_c_in_the_first_epoch_resumes_to_the_same_weights(split_folder, tmp_path, monkeypatch):

@@ -118,6 +118,18 @@ def _resume_changes(ctx: typer.Context, cfg: TrainConfig) -> dict:
     return changes
 
 
+def _refuse_unused(ctx: typer.Context, cfg: TrainConfig) -> None:
+    """Options given on the command line that this run would not use are an error, never ignored."""
+    from .config import unused_options
+
+    given = {name for name, _ in ctx.params.items()
+             if getattr(ctx.get_parameter_source(name), "name", None) in ("COMMANDLINE", "ENVIRONMENT")}
+    unused = unused_options(cfg, given)
+    if unused:
+        raise ConfigError("these options would change nothing, so they are refused: " + "; ".join(unused) +
+                          ". Drop them or change --strategy.")
+
+
 @app.command()
 def train(
     ctx: typer.Context,
@@ -214,6 +226,7 @@ def train(
                       precision=precision, compile=compile, cache=cache, cache_dir=cache_dir,
                       cache_views=cache_views, checkpoint_every=checkpoint_every, out_dir=out,
                       max_seconds=max_seconds, progress=progress, mixup=mixup, cutmix=cutmix)
+    _refuse_unused(ctx, cfg)
     if print_config:
         typer.echo(cfg.to_json())
         return

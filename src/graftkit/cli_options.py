@@ -22,9 +22,15 @@ Backbone = Annotated[str, typer.Option(help="See 'graft backbones'; any timm nam
 Pretrained = Annotated[bool, typer.Option(help="--no-pretrained: random init.")]
 Weights = Annotated[Optional[Path], typer.Option(help="Local .safetensors/.pth backbone weights.")]
 ImageSize = Annotated[Optional[int], typer.Option(help="Input size (default: the backbone's).")]
-Epochs = Annotated[int, typer.Option(help="Epochs for scratch and feature-extraction.")]
-HeadEpochs = Annotated[int, typer.Option(help="fine-tune: epochs with the backbone frozen (on cached features: cheap).")]
-FinetuneEpochs = Annotated[int, typer.Option(help="fine-tune: epochs after unfreezing.")]
+Epochs = Annotated[Optional[int], typer.Option(
+    help="Epochs in all. fine-tune splits them: a third (at least 1) with the backbone frozen, the rest "
+         "unfrozen (as 'graft compare --budget-epochs'); or give --head-epochs/--finetune-epochs.",
+    show_default="10; fine-tune: 6 = 2 head + 4")]
+HeadEpochs = Annotated[Optional[int], typer.Option(
+    help="fine-tune: epochs with the backbone frozen (on cached features: cheap).",
+    show_default="2, or a third of --epochs")]
+FinetuneEpochs = Annotated[Optional[int], typer.Option(
+    help="fine-tune: epochs after unfreezing.", show_default="4, or --epochs less --head-epochs")]
 Lr = Annotated[float, typer.Option(help="Peak learning rate of the head (and of scratch).")]
 FinetuneLr = Annotated[float, typer.Option(help="Peak learning rate after unfreezing.")]
 BatchSize = Annotated[Optional[int], typer.Option(

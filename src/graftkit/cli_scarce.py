@@ -68,9 +68,12 @@ def label_efficiency_command(
     strategy: opt.Strategy = "fine-tune",
     backbone: opt.Backbone = _D["backbone"],
     image_size: opt.ImageSize = None,
-    epochs: opt.Epochs = 30,
-    head_epochs: opt.HeadEpochs = 30,
-    finetune_epochs: opt.FinetuneEpochs = 2,
+    epochs: Annotated[Optional[int], typer.Option(help="Epochs per run; fine-tune splits them as 'graft train' "
+                                                   "does.", show_default="30; fine-tune: 30 head + 2")] = None,
+    head_epochs: Annotated[Optional[int], typer.Option(help="fine-tune: epochs with the backbone frozen.",
+                                                       show_default="30")] = None,
+    finetune_epochs: Annotated[Optional[int], typer.Option(help="fine-tune: epochs after unfreezing.",
+                                                           show_default="2")] = None,
     augment: opt.Augment = _D["augment"],
     batch_size: opt.BatchSize = None,
     device: opt.Device = _D["device"],
@@ -87,6 +90,8 @@ def label_efficiency_command(
     if len(unique) < len(sizes):
         typer.echo(f"note: --per-class {per_class} repeats a size; measuring each once: "
                    f"{','.join('all' if s is None else str(s) for s in unique)}")
+    if epochs is None and head_epochs is None and finetune_epochs is None:  # few labels: a long, cheap head phase
+        epochs, head_epochs, finetune_epochs = (None, 30, 2) if strategy == "fine-tune" else (30, None, None)
     cfg = TrainConfig(data_dir=data_dir, strategy=strategy, backbone=backbone, image_size=image_size,
                       epochs=epochs, head_epochs=head_epochs, finetune_epochs=finetune_epochs, augment=augment,
                       batch_size=batch_size, device=device, progress="none")
@@ -109,7 +114,7 @@ def label_efficiency_command(
 def augment_preview(
     data_dir: Annotated[Path, typer.Argument(help="Dataset: train/ + val/, or class folders.")],
     augment: str = typer.Option("strong", help="none | light | strong | a .json/.yaml pipeline file."),
-    out: Path = typer.Option(Path("augmentations.png"), "--out", help="PNG to write."),
+    out: Path = typer.Option(Path("augmentations.jpg"), "--out", help="Image to write (.jpg, or .png)."),
     image_size: Optional[int] = typer.Option(None, help="Default: the backbone's."),
     backbone: str = typer.Option(_D["backbone"], help="Sets the default image size."),
     num_images: int = typer.Option(8, help="Rows: training images, classes in turn."),
