@@ -172,7 +172,7 @@ def test_resume_refuses_flags_that_change_the_saved_config(split_folder, tmp_pat
     with pytest.raises(ConfigError) as info:
         invoke_graft("train", "--resume", str(run), "--epochs", "99", "--lr", "5", "--no-pretrained")
     message = str(info.value)
-    assert "--epochs 99 (saved: 2)" in message and "--lr 5.0 (saved: 0.003)" in message
+    assert "--epochs 99 (saved: 3)" in message  # fine-tune: epochs is the total, 2 + 1 and "--lr 5.0 (saved: 0.003)" in message
     assert "--no-pretrained (saved: True)" in message and "\n" not in message
     assert not (run / "metrics.json").exists()  # nothing ran
     with pytest.raises(GraftError, match="--lr-find"):

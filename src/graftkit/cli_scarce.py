@@ -68,12 +68,9 @@ def label_efficiency_command(
     strategy: opt.Strategy = "fine-tune",
     backbone: opt.Backbone = _D["backbone"],
     image_size: opt.ImageSize = None,
-    epochs: Annotated[Optional[int], typer.Option(help="Epochs per run; fine-tune splits them as 'graft train' "
-                                                   "does.", show_default="30; fine-tune: 30 head + 2")] = None,
-    head_epochs: Annotated[Optional[int], typer.Option(help="fine-tune: epochs with the backbone frozen.",
-                                                       show_default="30")] = None,
-    finetune_epochs: Annotated[Optional[int], typer.Option(help="fine-tune: epochs after unfreezing.",
-                                                           show_default="2")] = None,
+    epochs: opt.Epochs = None,  # defaults: cli_options.DEFAULT_TEXT
+    head_epochs: opt.HeadEpochs = None,
+    finetune_epochs: opt.FinetuneEpochs = None,
     augment: opt.Augment = _D["augment"],
     batch_size: opt.BatchSize = None,
     device: opt.Device = _D["device"],
