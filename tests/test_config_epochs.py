@@ -62,12 +62,20 @@ def test_train_cli_trains_the_epochs_it_is_given_and_prints_the_split(class_fold
     ("feature-extraction", ["--mixup", "0.2"], "--mixup"),
     ("feature-extraction", ["--augment", "strong"], "--cache-views"),
     ("scratch", ["--cache-views", "4"], "--cache-views"),
+    ("scratch", ["--pretrained"], "--pretrained"),
 ])
 def test_train_refuses_options_its_strategy_would_not_use(class_folder, strategy, flags, named):
     result = graft("train", str(class_folder), "--strategy", strategy, *flags, "--print-config")
     assert result.returncode == 2 and named in result.stderr and "Traceback" not in result.stderr, result.stderr
     used = graft("train", str(class_folder), "--strategy", "fine-tune", *flags, "--print-config")
     assert used.returncode == 0, used.stderr  # the same options mean something under fine-tune
+
+
+def test_train_accepts_options_that_say_off(class_folder):
+    for flags in (["--strategy", "feature-extraction", "--augment", "none", "--mixup", "0"],
+                  ["--strategy", "scratch", "--no-pretrained"]):
+        result = graft("train", str(class_folder), *flags, "--print-config")
+        assert result.returncode == 0, result.stderr
 
 
 def test_old_run_configs_keep_what_they_trained(tmp_path):
@@ -90,6 +98,9 @@ def test_report_config_table_shows_the_values_used(session_run, tmp_path):
     assert rows["epochs"] == "6 (2 head + 4 fine-tune)" and "head_epochs" not in rows
     assert rows["batch_size"] == "32 (16 in the head phase, on cached features)"
     assert rows["pretrained"] == "yes" and rows["device"] == "cpu (auto)" and rows["max_seconds"] == "no limit"
+    extraction = dict(used_settings({"strategy": "feature-extraction", "augment": "light", "cache": True,
+                                     "cache_views": 1}))
+    assert extraction["augment"].startswith("light, unused")
     scratch = dict(used_settings({"strategy": "scratch", "epochs": 5, "finetune_lr": 1e-4, "batch_size": None},
                                  {"batch_size": 32, "head_batch_size": 16}))
     assert scratch["batch_size"] == "32" and "finetune_lr" not in scratch

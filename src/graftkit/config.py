@@ -257,12 +257,12 @@ def unused_options(cfg: TrainConfig, given: set[str]) -> list[str]:
         if cfg.pretrained:
             reasons["pretrained"] = "scratch always starts from random weights"
         reasons["cache_views"] = "scratch trains every stage, so no features are cached"
-    elif not cfg.cache:
-        reasons["cache_views"] = "--no-cache caches no features"
     if cfg.strategy == "feature-extraction" and cfg.cache:
         why = "feature-extraction trains on cached features"
-        reasons["mixup"] = reasons["cutmix"] = f"it mixes whole images; {why} (pass --no-cache to mix images)"
-        if cfg.cache_views == 1:
+        for name in ("mixup", "cutmix"):
+            if getattr(cfg, name):  # 0 says "off", which is true
+                reasons[name] = f"mixes whole images; {why} (pass --no-cache to mix images)"
+        if cfg.cache_views == 1 and cfg.augment != "none":
             reasons["augment"] = (f"{why} of the clean crop (--cache-views 1); pass --cache-views 4 for "
                                   f"4 augmented views per image, or --no-cache")
     return [f"{_flag(name)} {reasons[name]}" for name in sorted(given) if name in reasons]

@@ -275,6 +275,9 @@ def used_settings(config: dict[str, Any], metrics: dict[str, Any] | None = None)
                               f"{batch} ({head_batch} in the head phase, on cached features)" if cached else batch)
     if metrics.get("device") and config.get("device") == "auto":
         used["device"] = f"{metrics['device']} (auto)"
+    if strategy == "feature-extraction" and config.get("cache", True) and config.get("cache_views") == 1 and \
+            config.get("augment", "none") != "none":  # view 0 of the cached features is the clean crop
+        used["augment"] = f"{config['augment']}, unused: cached features of the clean crop (--cache-views 1)"
     if config.get("split_seed") is None and "seed" in config:
         used["split_seed"] = f"{config['seed']} (the seed)"
     if "max_seconds" in config and config["max_seconds"] is None:
