@@ -234,6 +234,16 @@ class ImageClassifier:
         except (TypeError, OSError, ValueError, KeyError):
             return None
 
+    def _validated_on(self) -> list[Path]:
+        """The folders whose hold-out is the run's validation set: its data folder, and for a run
+        trained on a subsample (``graft label-efficiency``), the folder it was drawn from."""
+        folders = [self.trained_on()]
+        try:
+            folders.append(Path(json.loads((self.run_dir / "subsample.json").read_text())["source"]))
+        except (TypeError, OSError, ValueError, KeyError):
+            pass
+        return [f for f in folders if f is not None]
+
     def evaluate(self, data_dir: str | Path, split: str = "auto", skip_bad_images: bool = False) -> dict:
         """Accuracy, per-class precision/recall/F1 and confusion matrix on a labelled folder.
 
@@ -259,8 +269,7 @@ class ImageClassifier:
             raise CheckpointError(f"'{data_dir}' has classes the model does not know: {', '.join(unknown)} "
                                   f"(model classes: {', '.join(self.classes)}). Evaluate on matching data "
                                   f"or retrain.")
-        trained_on = self.trained_on()
-        own = trained_on is not None and trained_on.resolve() == Path(data_dir).resolve()
+        own = Path(data_dir).resolve() in {p.resolve() for p in self._validated_on()}
         if split == "auto":
             split = "val" if own or scan.layout == "splits" else "all"
         samples = {"val": scan.val, "train": scan.train, "all": [*scan.train, *scan.val]}[split]
