@@ -62,7 +62,7 @@ def session_run(tmp_path_factory) -> Path:
     root = tmp_path_factory.mktemp("session-run")
     data = _split_colours(root / "splits")
     cfg = TrainConfig(data_dir=data, strategy="fine-tune", out_dir=root / "run", lr=1e-2,
-                      cache_dir=root / "cache", **{**TINY, "head_epochs": 2, "finetune_epochs": 1})
+                      cache_dir=root / "cache", **{**TINY, "epochs": None, "head_epochs": 2, "finetune_epochs": 1})
     return fit(cfg).out_dir
 
 

@@ -90,7 +90,7 @@ def test_custom_pipeline_file_is_validated(tmp_path, pipeline_file):
 def test_fit_with_strong_augmentation_and_mixing_writes_the_grid(split_folder, tmp_path):
     run = fit(TrainConfig(data_dir=split_folder, **{**TINY, "strategy": "scratch", "epochs": 1},
                           augment="strong", mixup=0.2, cutmix=1.0, out_dir=tmp_path / "run"))
-    grid = Image.open(run.out_dir / "augmentations.png")
+    grid = Image.open(run.out_dir / "augmentations.jpg")  # a JPEG since 0.2 (a PNG was ~4 MB at 224 px)
     # 8 images (classes in turn) + a mixed row; 6 columns (val crop + 5 views) of 32 px + gaps; header
     assert grid.size == (6 * 34, 12 + 9 * 34)
     assert 0 <= run.metrics["val_accuracy"] <= 1

@@ -52,7 +52,7 @@ def test_fit_auto_freeze_measures_each_depth_then_trains_the_best(class_folder, 
     calls: list[TrainConfig] = []
     train = _stub_train({4: 0.7, 3: 0.95, 2: 0.8, 0: 0.9}, {4: 0.1, 3: 1.0, 2: 2.0, 0: 4.0}, calls)
     cfg = TrainConfig(data_dir=class_folder, freeze_auto=True, out_dir=tmp_path / "run",
-                      **{**TINY, "head_epochs": 1, "finetune_epochs": 4})
+                      **{**TINY, "epochs": None, "head_epochs": 1, "finetune_epochs": 4})
     fit_auto_freeze(cfg, train=train)
     tried = [(c.strategy, c.freeze) for c in calls[:-1]]
     assert tried == [("feature-extraction", 0), ("fine-tune", 3), ("fine-tune", 2), ("fine-tune", 0)]

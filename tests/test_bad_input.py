@@ -45,7 +45,7 @@ def tiny_run(tmp_path_factory) -> Path:
     write_color_images(root / "data" / "red", (210, 40, 40), 6, seed=1)
     write_color_images(root / "data" / "blue", (40, 40, 210), 6, seed=2)
     run = fit(TrainConfig(data_dir=root / "data", out_dir=root / "run", cache_dir=root / "cache",
-                          **{**TINY, "epochs": 1}))
+                          **TINY))  # fine-tune: 1 head + 1 fine-tune epoch
     return run.out_dir
 
 
@@ -113,7 +113,7 @@ def test_report_of_a_run_with_math_text_class_names(tmp_path):
 
     for name, rgb in (("$\\nope$", (210, 40, 40)), ("a_b^c$", (40, 40, 210))):
         write_color_images(tmp_path / "data" / name, rgb, 6)
-    run = fit(TrainConfig(data_dir=tmp_path / "data", out_dir=tmp_path / "run", **{**TINY, "epochs": 1}))
+    run = fit(TrainConfig(data_dir=tmp_path / "data", out_dir=tmp_path / "run", **TINY))
     html = write_report(run.out_dir, gradcam=0).read_text()
     assert "$\\nope$" in html and "data:image/png;base64," in html
 

@@ -85,7 +85,7 @@ def _interrupt_at(monkeypatch, epoch_index: int, action=None) -> None:
 def _options(split_folder):
     # checkpoint_every is the default (10 s): no checkpoint is due before the head phase ends
     return dict(data_dir=split_folder, strategy="fine-tune", precision="fp32",
-                **{**TINY, "head_epochs": 2, "finetune_epochs": 1})
+                **{**TINY, "epochs": None, "head_epochs": 2, "finetune_epochs": 1})
 
 
 def test_ctrl_c_in_the_first_epoch_resumes_to_the_same_weights(split_folder, tmp_path, monkeypatch):
@@ -172,7 +172,7 @@ def test_resume_refuses_flags_that_change_the_saved_config(split_folder, tmp_pat
     with pytest.raises(ConfigError) as info:
         invoke_graft("train", "--resume", str(run), "--epochs", "99", "--lr", "5", "--no-pretrained")
     message = str(info.value)
-    assert "--epochs 99 (saved: 2)" in message and "--lr 5.0 (saved: 0.003)" in message
+    assert "--epochs 99 (saved: 3)" in message  # fine-tune: epochs is the total, 2 + 1 and "--lr 5.0 (saved: 0.003)" in message
     assert "--no-pretrained (saved: True)" in message and "\n" not in message
     assert not (run / "metrics.json").exists()  # nothing ran
     with pytest.raises(GraftError, match="--lr-find"):

@@ -153,7 +153,7 @@ def test_nan_loss_with_no_good_epoch_is_a_clear_error(class_folder, tmp_path):
 
 def test_divergence_stops_the_phase_and_keeps_the_best(class_folder, tmp_path):
     run = fit(TrainConfig(data_dir=class_folder, out_dir=tmp_path / "r", finetune_lr=1e6,
-                          **{**TINY, "head_epochs": 2, "finetune_epochs": 2}))
+                          **{**TINY, "epochs": None, "head_epochs": 2, "finetune_epochs": 2}))
     assert run.metrics["diverged"] and run.metrics["diverged"][0]["phase"] == "finetune"
     assert all(torch.isfinite(v).all() for v in run.model.state_dict().values() if v.is_floating_point())
     assert run.metrics["best_phase"] == "head"
@@ -174,7 +174,7 @@ def _crash_at(monkeypatch, crash_epoch: int) -> None:
 def test_resume_after_interruption_matches_an_uninterrupted_run(split_folder, tmp_path, monkeypatch,
                                                                 crash_epoch):
     options = dict(data_dir=split_folder, strategy="fine-tune", checkpoint_every=0, precision="fp32",
-                   **{**TINY, "head_epochs": 2, "finetune_epochs": 2})
+                   **{**TINY, "epochs": None, "head_epochs": 2, "finetune_epochs": 2})
     whole = fit(TrainConfig(out_dir=tmp_path / "whole", **options))
     with monkeypatch.context() as patch:
         _crash_at(patch, crash_epoch)

@@ -54,7 +54,7 @@ def assert_self_contained(path: Path) -> None:
 @pytest.fixture
 def finished_run(split_folder, tmp_path) -> Path:
     run = fit(TrainConfig(data_dir=split_folder, strategy="fine-tune", out_dir=tmp_path / "run", lr=1e-2,
-                          **{**TINY, "head_epochs": 2, "finetune_epochs": 1}))
+                          **{**TINY, "epochs": None, "head_epochs": 2, "finetune_epochs": 1}))
     return run.out_dir
 
 

@@ -62,7 +62,9 @@ def train(data_dir: str | Path, **options: Any):
 
 
 def load(path: str | Path, device: str = "cpu"):
-    """Load a trained model from a run folder (or its model.json / model.safetensors).
+    """Load a trained model from a run folder (or its model.json / model.safetensors) onto ``device``
+    (auto | cpu | cuda). Its ``predict``, ``logits`` and ``features`` take files, folders, Pillow
+    images, numpy arrays and tensors (see :class:`graftkit.ImageClassifier`, docs/evaluate.md).
 
     Changes nothing process-wide (the allocator tuning of ``graft`` and long training is opt-in:
     :func:`tune_cpu_allocator`)."""

@@ -118,6 +118,18 @@ def _resume_changes(ctx: typer.Context, cfg: TrainConfig) -> dict:
     return changes
 
 
+def _refuse_unused(ctx: typer.Context, cfg: TrainConfig) -> None:
+    """Options given on the command line that this run would not use are an error, never ignored."""
+    from .config import unused_options
+
+    given = {name for name, _ in ctx.params.items()
+             if getattr(ctx.get_parameter_source(name), "name", None) in ("COMMANDLINE", "ENVIRONMENT")}
+    unused = unused_options(cfg, given)
+    if unused:
+        raise ConfigError("these options would change nothing, so they are refused: " + "; ".join(unused) +
+                          ". Drop them or change --strategy.")
+
+
 @app.command()
 def train(
     ctx: typer.Context,
@@ -214,6 +226,7 @@ def train(
                       precision=precision, compile=compile, cache=cache, cache_dir=cache_dir,
                       cache_views=cache_views, checkpoint_every=checkpoint_every, out_dir=out,
                       max_seconds=max_seconds, progress=progress, mixup=mixup, cutmix=cutmix)
+    _refuse_unused(ctx, cfg)
     if print_config:
         typer.echo(cfg.to_json())
         return
@@ -242,10 +255,11 @@ def train(
 
 
 @app.command()
-def predict(model: Annotated[Path, typer.Argument(help="Run folder (or its model.json).")],
-            paths: Annotated[list[Path], typer.Argument(help="Image files or folders (recursive).")],
+def predict(model: Annotated[Path, typer.Argument(help="Run folder (or its model.json).", metavar="MODEL")],
+            paths: Annotated[list[Path], typer.Argument(help="Image files or folders (recursive).", metavar="PATHS...")],
             top_k: int = typer.Option(1, help="Classes to show per image."),
-            format: str = typer.Option("table", "--format", help="table | json | csv.")) -> None:
+            format: str = typer.Option("table", "--format", help="table (plain text when piped) | json | csv."),
+            device: opt.Device = "auto") -> None:
     """Predict the class of images with a trained model."""
     from .predict import ImageClassifier
 
@@ -253,7 +267,7 @@ def predict(model: Annotated[Path, typer.Argument(help="Run folder (or its model
         raise GraftError(f"--format must be table, json or csv; got {format!r}")
     from .engine.progress import stderr_progress
 
-    classifier = ImageClassifier.from_run(model)
+    classifier = ImageClassifier.from_run(model, device=device)
     with stderr_progress("predicting") as on_progress:  # a bar on a terminal's stderr only
         results = classifier.predict(paths, top_k=top_k, on_progress=on_progress,
                                      on_skip=lambda p, r: typer.echo(f"skipped: {p}: {r}", err=True))
@@ -269,26 +283,24 @@ def predict(model: Annotated[Path, typer.Argument(help="Run folder (or its model
             writer.writerow([str(r.path), *[v for c, p in r.top for v in (c, f"{p:.6f}")]])
         typer.echo(buffer.getvalue(), nl=False)
     else:
-        from rich.console import Console
-        from rich.table import Table
+        from .cli_table import print_predictions
 
-        table = Table("image", "class", "probability", *(["top"] if top_k > 1 else []))
-        for r in results:
-            extra = [", ".join(f"{c} {p:.3f}" for c, p in r.top[1:])] if top_k > 1 else []
-            table.add_row(str(r.path), r.label, f"{r.probability:.3f}", *extra)
-        Console().print(table)
+        print_predictions(results, paths)
 
 
 @app.command()
-def evaluate(model: Annotated[Path, typer.Argument(help="Run folder (or its model.json).")],
-             data_dir: Annotated[Path, typer.Argument(help="Labelled image folder.")],
-             split: str = typer.Option("val", help="val | train | all."),
+def evaluate(model: Annotated[Path, typer.Argument(help="Run folder (or its model.json).", metavar="MODEL")],
+             data_dir: Annotated[Path, typer.Argument(help="Labelled image folder.", metavar="DATA_DIR")],
+             split: str = typer.Option("auto", help="auto: what DATA_DIR holds (the run's own data folder: the "
+                                       "validation images it was trained against; a folder with train/ and val/: "
+                                       "its val/; a folder of class folders: all of it) | val | train | all."),
              as_json: bool = typer.Option(False, "--json", help="Print the metrics as JSON."),
-             skip_bad_images: bool = typer.Option(False)) -> None:
+             skip_bad_images: bool = typer.Option(False, help="Score the readable images, skip the rest."),
+             device: opt.Device = "auto") -> None:
     """Accuracy, per-class precision/recall/F1 and the confusion matrix on labelled data."""
     from .predict import ImageClassifier
 
-    result = ImageClassifier.from_run(model).evaluate(data_dir, split, skip_bad_images)
+    result = ImageClassifier.from_run(model, device=device).evaluate(data_dir, split, skip_bad_images)
     if as_json:
         typer.echo(json.dumps(result, indent=2))
         return
@@ -296,8 +308,8 @@ def evaluate(model: Annotated[Path, typer.Argument(help="Run folder (or its mode
     from rich.table import Table
 
     console = Console()
-    console.print(f"accuracy {result['accuracy']:.4f} on {result['num_images']} images "
-                  f"({split} split of {data_dir}), loss {result['loss']:.4f}")
+    typer.echo(f"accuracy {result['accuracy']:.4f} on {result['num_images']} images ({result['scored']}), "
+               f"loss {result['loss']:.4f}")  # one line, never wrapped: it names the folder
     table = Table("class", "precision", "recall", "f1", "support")
     for cls, m in result["per_class"].items():
         table.add_row(cls, f"{m['precision']:.3f}", f"{m['recall']:.3f}", f"{m['f1']:.3f}", str(m["support"]))
@@ -459,6 +471,7 @@ def demo(out: Path = typer.Option(Path("runs/demo"), "--out", help="Run folder."
 from . import cli_scarce  # noqa: E402
 
 cli_scarce.register(app)  # subsample, label-efficiency, augment-preview, pretrain
+opt.style_help(app)  # panels, defaults and value names in every command's --help (cli_options.py)
 
 
 def main() -> None:

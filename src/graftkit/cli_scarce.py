@@ -68,9 +68,9 @@ def label_efficiency_command(
     strategy: opt.Strategy = "fine-tune",
     backbone: opt.Backbone = _D["backbone"],
     image_size: opt.ImageSize = None,
-    epochs: opt.Epochs = 30,
-    head_epochs: opt.HeadEpochs = 30,
-    finetune_epochs: opt.FinetuneEpochs = 2,
+    epochs: opt.Epochs = None,  # defaults: cli_options.DEFAULT_TEXT
+    head_epochs: opt.HeadEpochs = None,
+    finetune_epochs: opt.FinetuneEpochs = None,
     augment: opt.Augment = _D["augment"],
     batch_size: opt.BatchSize = None,
     device: opt.Device = _D["device"],
@@ -87,6 +87,8 @@ def label_efficiency_command(
     if len(unique) < len(sizes):
         typer.echo(f"note: --per-class {per_class} repeats a size; measuring each once: "
                    f"{','.join('all' if s is None else str(s) for s in unique)}")
+    if epochs is None and head_epochs is None and finetune_epochs is None:  # few labels: a long, cheap head phase
+        epochs, head_epochs, finetune_epochs = (None, 30, 2) if strategy == "fine-tune" else (30, None, None)
     cfg = TrainConfig(data_dir=data_dir, strategy=strategy, backbone=backbone, image_size=image_size,
                       epochs=epochs, head_epochs=head_epochs, finetune_epochs=finetune_epochs, augment=augment,
                       batch_size=batch_size, device=device, progress="none")
@@ -109,7 +111,7 @@ def label_efficiency_command(
 def augment_preview(
     data_dir: Annotated[Path, typer.Argument(help="Dataset: train/ + val/, or class folders.")],
     augment: str = typer.Option("strong", help="none | light | strong | a .json/.yaml pipeline file."),
-    out: Path = typer.Option(Path("augmentations.png"), "--out", help="PNG to write."),
+    out: Path = typer.Option(Path("augmentations.jpg"), "--out", help="Image to write (.jpg, or .png)."),
     image_size: Optional[int] = typer.Option(None, help="Default: the backbone's."),
     backbone: str = typer.Option(_D["backbone"], help="Sets the default image size."),
     num_images: int = typer.Option(8, help="Rows: training images, classes in turn."),

@@ -19,6 +19,10 @@ PRECISIONS = ("auto", "fp32", "bf16")
 MAX_IMAGE_SIZE = 1024    # --image-size: a 1024 px input is decoded and cached at 1170 px (4 MB a row)
 MAX_CACHE_VIEWS = 64     # --cache-views: one backbone pass per view and training image
 MAX_SEED = 2**63 - 1     # --seed, --split-seed: what torch.manual_seed takes
+DEFAULT_EPOCHS = 10          # scratch, feature-extraction
+DEFAULT_HEAD_EPOCHS = 2      # fine-tune without --epochs: the frozen phase ...
+DEFAULT_FINETUNE_EPOCHS = 4  # ... then the unfrozen phase
+EPOCH_FIELDS = ("epochs", "head_epochs", "finetune_epochs")
 
 
 def default_cache_dir() -> Path:
@@ -31,6 +35,9 @@ def default_cache_dir() -> Path:
 @dataclass(frozen=True)
 class TrainConfig:
     """Everything that defines a training run. Defaults are measured (see README, "Defaults").
+
+    The epoch fields are resolved on construction (:func:`resolve_epochs`): ``epochs`` is always the
+    number of epochs the run trains, for fine-tune ``head_epochs + finetune_epochs``.
 
     Strategies:
         scratch: random init, every stage trained for ``epochs`` at ``lr``.
@@ -47,9 +54,9 @@ class TrainConfig:
     pretrained: bool = True
     weights: Path | None = None
     image_size: int | None = None  # None: the backbone's native size
-    epochs: int = 10               # one-phase strategies (scratch, feature-extraction)
-    head_epochs: int = 2           # fine-tune: the frozen phase
-    finetune_epochs: int = 4       # fine-tune: the unfrozen phase
+    epochs: int | None = None      # all epochs (fine-tune: head + fine-tune); see resolve_epochs
+    head_epochs: int | None = None  # fine-tune: the frozen phase
+    finetune_epochs: int | None = None  # fine-tune: the unfrozen phase
     freeze: int = 0                # fine-tune: stages kept frozen in the unfrozen phase
     freeze_auto: bool = False      # fine-tune: measure candidate freeze depths first, train the best
     lr: float = 3e-3               # head (and scratch) peak learning rate, AdamW
@@ -113,8 +120,11 @@ class TrainConfig:
         if self.checkpoint_every < 0:
             raise ConfigError(f"--checkpoint-every must be >= 0 seconds, got {self.checkpoint_every}")
         for name in ("epochs", "head_epochs", "finetune_epochs", "freeze", "num_workers"):
-            if getattr(self, name) < 0:
-                raise ConfigError(f"{name} must be >= 0, got {getattr(self, name)}")
+            if (getattr(self, name) or 0) < 0:
+                raise ConfigError(f"{_flag(name)} ({name}) must be >= 0, got {getattr(self, name)}")
+        for name, value in zip(EPOCH_FIELDS, resolve_epochs(self.strategy, self.epochs, self.head_epochs,
+                                                            self.finetune_epochs)):
+            object.__setattr__(self, name, value)
         if self.batch_size is not None and self.batch_size < 1:
             raise ConfigError(f"batch_size must be >= 1, got {self.batch_size}")
         if self.image_size is not None and not 16 <= self.image_size <= MAX_IMAGE_SIZE:
@@ -148,8 +158,6 @@ class TrainConfig:
 
     @property
     def total_epochs(self) -> int:
-        if self.strategy == "fine-tune":
-            return self.head_epochs + self.finetune_epochs
         return self.epochs
 
     @property
@@ -172,6 +180,7 @@ class TrainConfig:
         known = {f.name for f in dataclasses.fields(cls)}
         values = {k: v for k, v in saved.items() if k in known}
         values["image_size"] = saved.get("image_size", values.get("image_size"))
+        _drop_unused_epochs(values)
         try:  # the field types and ranges of TrainConfig are the schema of config.json
             return cls(**{**values, "out_dir": Path(run_dir), **changes})
         except ConfigError as exc:
@@ -179,6 +188,14 @@ class TrainConfig:
                               f"start a new run without --resume.") from None
 
     def replace(self, **changes: Any) -> "TrainConfig":
+        """A copy with ``changes``. The epoch fields stay consistent: a changed phase
+        (``finetune_epochs``) changes the total ``epochs``; a changed ``epochs`` or strategy is
+        split anew (:func:`resolve_epochs`)."""
+        phases = {"head_epochs", "finetune_epochs"}
+        if "epochs" not in changes and phases & set(changes):
+            changes = {"epochs": None, **changes}
+        elif ("epochs" in changes or "strategy" in changes) and not phases & set(changes):
+            changes = {"head_epochs": None, "finetune_epochs": None, **changes}
         return dataclasses.replace(self, **changes)
 
     def to_dict(self) -> dict[str, Any]:
@@ -186,6 +203,81 @@ class TrainConfig:
 
     def to_json(self) -> str:
         return json.dumps(self.to_dict(), indent=2)
+
+
+def split_fine_tune_epochs(total: int, flag: str = "--epochs") -> tuple[int, int]:
+    """Fine-tune's share of ``total`` epochs: a third (at least one epoch) on the head with the
+    backbone frozen, the rest fine-tuning. ``flag`` names the option ``total`` came from."""
+    if total < 2:
+        raise ConfigError(f"fine-tune needs at least 2 epochs (head, then fine-tuning); got {flag} {total}. "
+                          f"Raise {flag}, or give --head-epochs and --finetune-epochs.")
+    head = max(1, total // 3)
+    return head, total - head
+
+
+def resolve_epochs(strategy: str, epochs: int | None, head_epochs: int | None,
+                   finetune_epochs: int | None) -> tuple[int, int | None, int | None]:
+    """``(epochs, head_epochs, finetune_epochs)`` as the run trains them; None means "not given".
+
+    scratch and feature-extraction train ``epochs`` (default 10); the fine-tune phases do not
+    apply and resolve to None. fine-tune: ``epochs`` is the total: given alone it is split as
+    :func:`split_fine_tune_epochs` says; given with one phase, the other phase gets the rest;
+    given with both, they must add up to it. Without ``epochs`` the phases default to 2 + 4.
+    """
+    if strategy != "fine-tune":
+        return (DEFAULT_EPOCHS if epochs is None else epochs), None, None
+    if epochs is None:
+        head = DEFAULT_HEAD_EPOCHS if head_epochs is None else head_epochs
+        finetune = DEFAULT_FINETUNE_EPOCHS if finetune_epochs is None else finetune_epochs
+        return head + finetune, head, finetune
+    if head_epochs is None and finetune_epochs is None:
+        return epochs, *split_fine_tune_epochs(epochs)
+    head = epochs - finetune_epochs if head_epochs is None else head_epochs
+    finetune = epochs - head if finetune_epochs is None else finetune_epochs
+    if head < 0 or finetune < 0 or head + finetune != epochs:
+        given = " ".join(f"{_flag(n)} {v}" for n, v in zip(EPOCH_FIELDS, (epochs, head_epochs, finetune_epochs))
+                         if v is not None)
+        raise ConfigError(f"{given} disagree: under fine-tune --epochs is the total, --head-epochs + "
+                          f"--finetune-epochs. Give --epochs alone (split a third head, the rest "
+                          f"fine-tuning), or the two phases alone.")
+    return epochs, head, finetune
+
+
+FINE_TUNE_ONLY = ("head_epochs", "finetune_epochs", "finetune_lr", "stage_lr_decay", "freeze", "train_bn")
+
+
+def unused_options(cfg: TrainConfig, given: set[str]) -> list[str]:
+    """Why each option named in ``given`` (config fields the user set) would change nothing in ``cfg``'s
+    run; the command line refuses these rather than ignore them."""
+    reasons = {}
+    if cfg.strategy != "fine-tune":
+        for name in FINE_TUNE_ONLY:
+            reasons[name] = f"applies to --strategy fine-tune only, not {cfg.strategy}"
+    if cfg.strategy == "scratch":
+        if cfg.pretrained:
+            reasons["pretrained"] = "scratch always starts from random weights"
+        reasons["cache_views"] = "scratch trains every stage, so no features are cached"
+    if cfg.strategy == "feature-extraction" and cfg.cache:
+        why = "feature-extraction trains on cached features"
+        for name in ("mixup", "cutmix"):
+            if getattr(cfg, name):  # 0 says "off", which is true
+                reasons[name] = f"mixes whole images; {why} (pass --no-cache to mix images)"
+        if cfg.cache_views == 1 and cfg.augment != "none":
+            reasons["augment"] = (f"{why} of the clean crop (--cache-views 1); pass --cache-views 4 for "
+                                  f"4 augmented views per image, or --no-cache")
+    return [f"{_flag(name)} {reasons[name]}" for name in sorted(given) if name in reasons]
+
+
+def _drop_unused_epochs(values: dict[str, Any]) -> None:
+    """Runs written before ``epochs`` meant the fine-tune total recorded an unused ``epochs`` (fine-tune)
+    or unused phases (the other strategies): keep what they trained."""
+    if values.get("strategy", "fine-tune") == "fine-tune":
+        phases = [values.get("head_epochs"), values.get("finetune_epochs")]
+        if all(type(v) is int for v in [*phases, values.get("epochs")]) and values["epochs"] != sum(phases):
+            values.pop("epochs")
+    else:
+        values.pop("head_epochs", None)
+        values.pop("finetune_epochs", None)
 
 
 def _flag(name: str) -> str:

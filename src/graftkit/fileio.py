@@ -2,18 +2,32 @@
 from __future__ import annotations
 
 import os
-import tempfile
+import secrets
 from pathlib import Path
 
 from .errors import CheckpointError, ConfigError
 
 
+def _create_temp(folder: Path, name: str) -> tuple[int, str]:
+    """A new, exclusive temp file beside ``name``, created with mode 0666 less the umask (as ``open``
+    does), so the renamed file can be shared as the user's other files can. ``tempfile.mkstemp``
+    would make every run file 0600."""
+    while True:
+        tmp = str(folder / f".{name}.{secrets.token_hex(6)}.tmp")
+        try:
+            return os.open(tmp, os.O_WRONLY | os.O_CREAT | os.O_EXCL | getattr(os, "O_BINARY", 0), 0o666), tmp
+        except FileExistsError:
+            continue
+
+
 def atomic_write_bytes(path: Path, data: bytes) -> None:
-    """Write via a temp file in the same folder and rename, so a crash never leaves half a file."""
+    """Write via a temp file in the same folder and rename, so a crash never leaves half a file.
+    The file gets the mode any new file gets (0644 under umask 022)."""
     tmp = None
+    path = Path(path)
     try:
         path.parent.mkdir(parents=True, exist_ok=True)
-        fd, tmp = tempfile.mkstemp(dir=path.parent, prefix=f".{path.name}.", suffix=".tmp")
+        fd, tmp = _create_temp(path.parent, path.name)
         with os.fdopen(fd, "wb") as f:
             f.write(data)
             f.flush()

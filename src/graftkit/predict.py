@@ -1,28 +1,36 @@
 """Using a trained model: predict images, evaluate on a labelled folder."""
 from __future__ import annotations
 
+import json
+import os
 from dataclasses import dataclass
 from pathlib import Path
-from typing import Iterable, Sequence
+from typing import Iterable, Sequence, Union
 
 import numpy as np
 import torch
+from PIL import Image
 from torch.utils.data import DataLoader, Dataset
 
+from .config import DEVICES
 from .data import IMAGE_EXTENSIONS, build_eval_transform, decode_square, scan_data
+from .data.decoded import image_square
 from .data.images import read_image_file
 from .data.scan import DECODE_ERRORS, describe_image_error, walk_files
-from .engine.checkpoint import load_model
+from .engine.checkpoint import load_model, resolve_model_path
 from .engine.fusion import fold_frozen_batchnorm
 from .engine.loop import predict_logits
-from .engine.runtime import autocast_for, eval_batch_size
+from .engine.runtime import autocast_for, eval_batch_size, resolve_device
 from .errors import CheckpointError, ConfigError, DataError
 from .metrics import classification_metrics, log_loss
 
 
+ImageInput = Union[str, os.PathLike, Image.Image, np.ndarray, torch.Tensor]
+
+
 @dataclass(frozen=True)
 class Prediction:
-    path: Path
+    path: Path | None  # None for an image given in memory (PIL, numpy, tensor): see its place in the list
     top: list[tuple[str, float]]  # (class, probability), most likely first
 
     @property
@@ -48,6 +56,40 @@ class _Files(Dataset):
         return self.transform(torch.from_numpy(square).permute(2, 0, 1)), 0
 
 
+def in_memory_square(image: Image.Image | np.ndarray | torch.Tensor, size: int) -> np.ndarray:
+    """An image in memory → the ``(size, size, 3)`` uint8 square its file would decode to.
+
+    Accepts a Pillow image (any mode), a numpy array ``(H, W, 3)`` uint8 RGB, or a tensor
+    ``(3, H, W)``: uint8 0-255, or floating point 0-1 (``torchvision.transforms.functional.to_tensor``'s
+    range; it is rounded to uint8 as a saved file would be).
+    """
+    if isinstance(image, Image.Image):
+        return image_square(image, size)
+    if isinstance(image, torch.Tensor):
+        if image.ndim != 3 or image.shape[0] != 3:
+            raise ConfigError(f"an image tensor must be (3, H, W), got shape {tuple(image.shape)}; pass a batch "
+                              f"(B, 3, H, W) as a list or as a 4-d tensor.")
+        if image.is_floating_point():
+            image = (image.detach().float().clamp(0, 1) * 255).round().to(torch.uint8)
+        elif image.dtype != torch.uint8:
+            raise ConfigError(f"an image tensor must be uint8 (0-255) or float (0-1), got {image.dtype}")
+        image = image.detach().cpu().permute(1, 2, 0).numpy()
+    array = np.asarray(image)
+    if array.ndim != 3 or array.shape[2] != 3 or array.dtype != np.uint8:
+        raise ConfigError(f"a numpy image must be (H, W, 3) uint8 RGB, got shape {array.shape} {array.dtype}; "
+                          f"convert it with np.asarray(pil_image.convert('RGB')).")
+    return image_square(Image.fromarray(np.ascontiguousarray(array), "RGB"), size)
+
+
+def _as_items(images) -> list:
+    """One input or a sequence of them; a 4-d array or tensor is a batch of images."""
+    if isinstance(images, (np.ndarray, torch.Tensor)) and images.ndim == 4:
+        return list(images)
+    if isinstance(images, (str, os.PathLike, Image.Image, np.ndarray, torch.Tensor)):
+        return [images]
+    return list(images)
+
+
 def expand_image_paths(paths: Iterable[str | Path], problems: list | None = None) -> list[Path]:
     """Files as given, folders searched recursively for image files (hidden ones skipped). Entries of
     folders that cannot be read (broken links, FIFOs, devices) are added to ``problems``."""
@@ -66,12 +108,28 @@ def expand_image_paths(paths: Iterable[str | Path], problems: list | None = None
 
 
 class ImageClassifier:
-    """A trained model ready to use: ``graftkit.load(run_dir).predict(["a.jpg"])``."""
+    """A trained model ready to use: ``graftkit.load(run_dir).predict(["a.jpg"])``.
 
-    def __init__(self, model, meta: dict, device: str = "cpu") -> None:
-        self.model = model.to(device, memory_format=torch.channels_last).eval()
+    ``predict``/``logits``/``features`` take image files, folders, Pillow images, numpy arrays
+    ``(H, W, 3)`` uint8 and tensors ``(3, H, W)`` (uint8, or float 0-1), one or a list, and
+    preprocess them exactly as training's validation images were. Underneath:
+
+    Attributes:
+        model: the ``torch.nn.Module`` (:class:`graftkit.heads.Classifier`: ``model.backbone``
+            then ``model.head``), in eval mode on ``device``; takes ``(B, 3, S, S)`` normalised images.
+        transform: ``(3, R, R)`` uint8 square → ``(3, S, S)`` normalised float (centre crop,
+            scale, mean/std), with ``R = meta["preprocessing"]["resize"]``, ``S = image_size``.
+        classes: class names, in the order of the logits.
+        meta: what ``model.json`` holds.
+    """
+
+    def __init__(self, model, meta: dict, device: str = "cpu", run_dir: Path | None = None) -> None:
+        if device not in DEVICES:
+            raise ConfigError(f"--device must be one of {', '.join(DEVICES)}; got {device!r}")
+        self.device = resolve_device(device)
+        self.model = model.to(self.device, memory_format=torch.channels_last).eval()
         self.meta = meta
-        self.device = torch.device(device)
+        self.run_dir = run_dir
         self.classes: list[str] = list(meta["classes"])
         pre = meta["preprocessing"]
         self.image_size = int(pre["image_size"])
@@ -80,8 +138,9 @@ class ImageClassifier:
 
     @classmethod
     def from_run(cls, path: str | Path, device: str = "cpu") -> "ImageClassifier":
+        """Load a run folder (or its model.json); ``device``: auto | cpu | cuda."""
         model, meta = load_model(path)
-        return cls(model, meta, device)
+        return cls(model, meta, device, run_dir=resolve_model_path(path))
 
     def _loader(self, paths: Sequence[Path]) -> DataLoader:
         return DataLoader(_Files(paths, self.transform, int(self.meta["preprocessing"]["resize"])),
@@ -95,75 +154,125 @@ class ImageClassifier:
                                        channels_last=True, autocast=self.autocast)
         return logits.softmax(1).numpy()
 
-    def _proba_squares(self, squares: Sequence[np.ndarray]) -> np.ndarray:
-        """Probabilities for decoded ``(S, S, 3)`` uint8 squares, in order."""
+    def _outputs(self, squares: Sequence[np.ndarray], module) -> torch.Tensor:
+        """``module``'s float outputs for decoded ``(S, S, 3)`` uint8 squares, in order."""
         tensors = torch.stack([self.transform(torch.from_numpy(q).permute(2, 0, 1)) for q in squares])
         batches = [(tensors[i:i + eval_batch_size(self.device)], torch.zeros(0))
                    for i in range(0, len(tensors), eval_batch_size(self.device))]
         self.model.eval()
         with fold_frozen_batchnorm(self.model, enabled=bool(self.meta.get("fold_bn", False))):
-            logits, _ = predict_logits(self.model, batches, self.device, channels_last=True,
-                                       autocast=self.autocast)
-        return logits.softmax(1).numpy()
+            outputs, _ = predict_logits(module, batches, self.device, channels_last=True, autocast=self.autocast)
+        return outputs
 
-    def predict(self, paths: Sequence[str | Path] | str | Path, top_k: int = 1,
-                on_skip=None, on_progress=None) -> list[Prediction]:
-        """Top-k classes for every image under ``paths`` (files or folders). Unreadable files (and
-        FIFOs, devices, files over ``MAX_FILE_BYTES``) are skipped and reported through
-        ``on_skip(path, reason)``; ``on_progress(done, total)`` is called as files are read."""
-        if isinstance(paths, (str, Path)):
-            paths = [paths]
-        if isinstance(top_k, bool) or not isinstance(top_k, int) or top_k < 1:
-            raise ConfigError(f"--top-k must be a whole number >= 1, got {top_k!r}")
+    def _each_square(self, images, on_skip=None, on_progress=None, chunk: int = 256):
+        """Yield ``(sources, squares)`` chunks: every input decoded as training decodes files. Files
+        that cannot be read are reported through ``on_skip(path, reason)`` (or raise without it)."""
         size = int(self.meta["preprocessing"]["resize"])
-        good, chunks = [], []
         problems: list = []
-        files = expand_image_paths(paths, problems)
+        items = [f for item in _as_items(images) for f in (
+            expand_image_paths([item], problems) if isinstance(item, (str, os.PathLike)) else [item])]
         for bad in problems if on_skip is not None else ():
             on_skip(bad.path, bad.reason)
         if on_progress is not None:
-            on_progress(0, len(files))
+            on_progress(0, len(items))
         # Decode each file once: the squares that decode are the ones predicted (chunks bound memory;
         # their size is a multiple of the batch size, so batches match `graft evaluate`'s).
-        for start in range(0, len(files), 256):
-            squares = []
-            for done, f in enumerate(files[start:start + 256], start + 1):
+        for start in range(0, len(items), chunk):
+            sources, squares = [], []
+            for done, item in enumerate(items[start:start + chunk], start + 1):
+                if not isinstance(item, Path):
+                    sources.append(None)
+                    squares.append(in_memory_square(item, size))
+                    continue
                 try:
-                    squares.append(decode_square(read_image_file(f), size))
-                    good.append(f)
+                    squares.append(decode_square(read_image_file(item), size))
+                    sources.append(item)
                 except DECODE_ERRORS as exc:
-                    if on_skip is not None:
-                        on_skip(f, describe_image_error(exc))
+                    if on_skip is None:
+                        raise DataError(f"cannot read '{item}': {describe_image_error(exc)}") from None
+                    on_skip(item, describe_image_error(exc))
                 if on_progress is not None:
-                    on_progress(done, len(files))
+                    on_progress(done, len(items))
             if squares:
-                chunks.append(self._proba_squares(squares))
+                yield sources, squares
+
+    def logits(self, images) -> torch.Tensor:
+        """``(N, num_classes)`` float logits for ``images`` (see the class docstring), in order."""
+        return torch.cat([self._outputs(q, self.model) for _, q in self._each_square(images)])
+
+    def features(self, images) -> torch.Tensor:
+        """``(N, num_features)`` pooled backbone features (the head's input) for ``images``, in order:
+        for a nearest-neighbour search, clustering, or a classifier of your own."""
+        return torch.cat([self._outputs(q, self.model.backbone) for _, q in self._each_square(images)])
+
+    def predict(self, images: ImageInput | Sequence[ImageInput], top_k: int = 1,
+                on_skip=None, on_progress=None) -> list[Prediction]:
+        """Top-k classes for every image: files, folders (searched recursively), Pillow images, numpy
+        arrays ``(H, W, 3)`` uint8, tensors ``(3, H, W)`` (uint8, or float 0-1); one, or a list
+        (a 4-d array or tensor is a batch). Batched, and decoded exactly as training decodes files.
+        Unreadable files (and FIFOs, devices, files over ``MAX_FILE_BYTES``) are skipped and reported
+        through ``on_skip(path, reason)``; ``on_progress(done, total)`` is called as images are read."""
+        if isinstance(top_k, bool) or not isinstance(top_k, int) or top_k < 1:
+            raise ConfigError(f"--top-k must be a whole number >= 1, got {top_k!r}")
+        good, chunks = [], []
+        for sources, squares in self._each_square(images, on_skip or (lambda path, reason: None), on_progress):
+            good.extend(sources)
+            chunks.append(self._outputs(squares, self.model).softmax(1).numpy())
         if not good:
-            raise DataError(f"no readable images in {', '.join(map(str, paths))}. "
-                            f"Pass image files or folders holding them.")
+            shown = ", ".join(map(str, _as_items(images)))[:300]
+            raise DataError(f"no readable images in {shown}. Pass image files or folders holding them.")
         probs = np.concatenate(chunks)
         k = min(top_k, len(self.classes))
         order = np.argsort(-probs, axis=1)[:, :k]
         return [Prediction(f, [(self.classes[j], float(p[j])) for j in idx])
                 for f, p, idx in zip(good, probs, order)]
 
-    def evaluate(self, data_dir: str | Path, split: str = "val", skip_bad_images: bool = False) -> dict:
+    def trained_on(self) -> Path | None:
+        """The data folder the run was trained on (its config.json), if known."""
+        try:
+            return Path(json.loads((self.run_dir / "config.json").read_text())["data_dir"])
+        except (TypeError, OSError, ValueError, KeyError):
+            return None
+
+    def _validated_on(self) -> list[Path]:
+        """The folders whose hold-out is the run's validation set: its data folder, and for a run
+        trained on a subsample (``graft label-efficiency``), the folder it was drawn from."""
+        folders = [self.trained_on()]
+        try:
+            folders.append(Path(json.loads((self.run_dir / "subsample.json").read_text())["source"]))
+        except (TypeError, OSError, ValueError, KeyError):
+            pass
+        return [f for f in folders if f is not None]
+
+    def evaluate(self, data_dir: str | Path, split: str = "auto", skip_bad_images: bool = False) -> dict:
         """Accuracy, per-class precision/recall/F1 and confusion matrix on a labelled folder.
 
-        ``split``: ``val`` (a split root's val/, or the same seeded hold-out the model was trained
-        with for a class-folder root), ``train``, or ``all``.
+        Args:
+            data_dir: a folder with train/ and val/, or with one folder per class.
+            split: ``auto`` scores what ``data_dir`` holds: the run's own data folder → the exact
+                validation images it was trained against (so the figures reproduce metrics.json);
+                another folder with train/ and val/ → its val/; any other folder of classes → all
+                of it. ``val``, ``train``, ``all`` pick that part explicitly (a class-folder root's
+                val is the hold-out seeded as the run's).
+
+        Returns:
+            The metrics, with ``split`` (the one used), ``scored`` (which images, in words) and
+            ``num_images``.
         """
+        if split not in ("auto", "val", "train", "all"):
+            raise DataError(f"--split must be auto, val, train or all; got {split!r}")
         split_cfg = self.meta.get("split", {})
-        scan = scan_data(data_dir, float(split_cfg.get("val_fraction", 0.2)), int(split_cfg.get("seed", 0)),
-                         skip_bad_images=skip_bad_images)
+        val_fraction, seed = float(split_cfg.get("val_fraction", 0.2)), int(split_cfg.get("seed", 0))
+        scan = scan_data(data_dir, val_fraction, seed, skip_bad_images=skip_bad_images)
         unknown = sorted(set(scan.classes) - set(self.classes))
         if unknown:
             raise CheckpointError(f"'{data_dir}' has classes the model does not know: {', '.join(unknown)} "
                                   f"(model classes: {', '.join(self.classes)}). Evaluate on matching data "
                                   f"or retrain.")
-        samples = {"val": scan.val, "train": scan.train, "all": [*scan.train, *scan.val]}.get(split)
-        if samples is None:
-            raise DataError(f"split must be val, train or all; got {split!r}")
+        own = Path(data_dir).resolve() in {p.resolve() for p in self._validated_on()}
+        if split == "auto":
+            split = "val" if own or scan.layout == "splits" else "all"
+        samples = {"val": scan.val, "train": scan.train, "all": [*scan.train, *scan.val]}[split]
         if not samples:
             raise DataError(f"'{data_dir}' has no images in split {split!r}.")
         to_model = [self.classes.index(scan.classes[s.label]) for s in samples]
@@ -173,4 +282,17 @@ class ImageClassifier:
         result["loss"] = log_loss(labels, probs)  # as training computes val_loss (graftkit.metrics)
         result["split"] = split
         result["data_dir"] = str(data_dir)
+        result["scored"] = _scored_text(Path(data_dir), split, scan.layout, own, val_fraction, seed)
         return result
+
+
+def _scored_text(data_dir: Path, split: str, layout: str, own: bool, val_fraction: float, seed: int) -> str:
+    """Which images an evaluation scored, in words, e.g. "all of hymenoptera/val"."""
+    if split == "all":
+        return f"all of {data_dir}"
+    if layout == "splits":
+        return f"{data_dir / split}" + (", the run's validation set" if own and split == "val" else "")
+    held_out = f"the {val_fraction:.0%} hold-out per class, seed {seed}"
+    part = held_out if split == "val" else f"all but {held_out}"
+    whose = "the run's " if own else ""
+    return f"{whose}{split} split of {data_dir} ({part})"

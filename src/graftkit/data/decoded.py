@@ -13,9 +13,10 @@ from pathlib import Path
 from typing import Sequence
 
 import numpy as np
+from PIL import Image, ImageOps
 
 from ..cache import ArrayStore
-from .images import load_image, read_image_file, resize_center_square
+from .images import check_resize_plan, load_image, read_image_file, resize_center_square, to_rgb
 from .scan import DECODE_ERRORS, describe_image_error
 
 DECODER_VERSION = 1
@@ -29,6 +30,13 @@ def decode_square(data: bytes, size: int) -> np.ndarray:
     """Bytes of an image file → ``(size, size, 3)`` uint8 RGB (EXIF applied, shorter side fitted)."""
     img = load_image(io.BytesIO(data), min_size=size)
     return np.array(resize_center_square(img, size), dtype=np.uint8)
+
+
+def image_square(img: Image.Image, size: int) -> np.ndarray:
+    """A Pillow image in memory → the ``(size, size, 3)`` uint8 square :func:`decode_square` makes of
+    its file: EXIF orientation applied, RGB (transparency on white), shorter side fitted, centred."""
+    check_resize_plan(*img.size)
+    return np.array(resize_center_square(to_rgb(ImageOps.exif_transpose(img)), size), dtype=np.uint8)
 
 
 class DecodedImages:

@@ -24,6 +24,7 @@ from .._version import __version__
 from ..config import TrainConfig
 from ..data import DataScan, build_batch_mix, build_eval_transform, decode_size_for
 from ..data.conflicts import label_conflicts_csv, label_conflicts_warning
+from ..data.preview import GRID_NAME
 from ..errors import ConfigError, GraftError
 from ..fileio import refuse_out_inside_data
 from ..heads import Classifier
@@ -158,8 +159,8 @@ def _fit(cfg: TrainConfig, scan: DataScan | None, report: ProgressReporter, star
     loss_fn = nn.CrossEntropyLoss(label_smoothing=cfg.label_smoothing)
     report.message(f"{cfg.strategy} · {backbone.name} ({'pretrained' if backbone.pretrained else 'random init'}) "
                    f"· {len(scan.classes)} classes · {len(scan.train)} train / {len(scan.val)} val images "
-                   f"· {data.image_size}px · {device.type} {precision} · decoded {data.decoded.decoded_now} new "
-                   f"image(s) → {out_dir}")
+                   f"· {data.image_size}px · {device.type} {precision} · {_epochs_text(cfg)} · decoded "
+                   f"{data.decoded.decoded_now} new image(s) → {out_dir}")
     meta = model_meta(cfg, model, scan.classes, data.image_size, precision)
     state = _restore(cfg, out_dir, scan.classes, model, optimizer, report)
     history, best, best_state, resumed = state["history"], state["best"], state["best_state"], state["resumed"]
@@ -260,6 +261,12 @@ def _interrupted(exc: KeyboardInterrupt, out_dir: Path, epoch: int, checkpoint_e
                        f"{where}. Continue with: graft train --resume {out_dir}", code)
 
 
+def _epochs_text(cfg: TrainConfig) -> str:
+    """How the run spends its epochs, e.g. "20 epochs (6 head + 14 fine-tune)"."""
+    split = f" ({cfg.head_epochs} head + {cfg.finetune_epochs} fine-tune)" if cfg.strategy == "fine-tune" else ""
+    return f"{cfg.epochs} epochs{split}"
+
+
 def _prepare_run_dir(cfg: TrainConfig, data: TrainingData, report: ProgressReporter, precision: str) -> Path:
     """Create the run folder and its first files."""
     scan, image_size = data.scan, data.image_size
@@ -273,7 +280,7 @@ def _prepare_run_dir(cfg: TrainConfig, data: TrainingData, report: ProgressRepor
             {**cfg.to_dict(), "image_size": image_size, "resolved_precision": precision,
              "graftkit_version": __version__}, indent=2))
     if cfg.augment != "none" and not cfg.resume:  # what the model sees, for the user and the report
-        write_augment_grid(out_dir / "augmentations.png", data, cfg)
+        write_augment_grid(out_dir / GRID_NAME, data, cfg)
     if data.duplicates:
         atomic_write_text(out_dir / "duplicates.txt", "".join(f"{p}\n" for p in data.duplicates))
         report.message(f"warning: {len(data.duplicates)} validation image(s) also appear in train "
@@ -333,7 +340,7 @@ def _final_metrics(cfg: TrainConfig, data: TrainingData, model: Classifier, devi
 
 
 def write_augment_grid(path: Path, data: TrainingData, cfg: TrainConfig) -> None:
-    """A PNG of augmented training samples (one per class, up to 8) beside their validation crop."""
+    """An image of augmented training samples (one per class, up to 8) beside their validation crop."""
     from ..data.preview import one_per_class, save_augment_grid
 
     picked = one_per_class(data.train_labels, limit=8)

@@ -248,8 +248,46 @@ CONFIG_KEYS = ("strategy", "backbone", "pretrained", "image_size", "epochs", "he
                "resolved_precision", "cache_views", "train_bn")
 
 
-def config_section(config: dict[str, Any], title: str = "Configuration") -> str:
-    rows = [(k, config[k]) for k in CONFIG_KEYS if k in config]
+def _shown(value: Any) -> str:
+    """A setting as a person reads it: yes/no, "–" for unset, numbers as written."""
+    if isinstance(value, bool):
+        return "yes" if value else "no"
+    return "–" if value is None else str(value)
+
+
+def used_settings(config: dict[str, Any], metrics: dict[str, Any] | None = None) -> list[tuple[str, str]]:
+    """(setting, value) rows with the values the run used: the fine-tune epochs as head + fine-tune,
+    the batch size and device it resolved to (``metrics.json``), no rows for settings its strategy
+    does not use."""
+    from ..config import FINE_TUNE_ONLY
+
+    metrics, strategy = metrics or {}, config.get("strategy")
+    used = dict(config)
+    if strategy == "fine-tune" and isinstance(config.get("head_epochs"), int) and \
+            isinstance(config.get("finetune_epochs"), int):  # runs of before 0.2 recorded an unused "epochs"
+        head, finetune = config["head_epochs"], config["finetune_epochs"]
+        used["epochs"] = f"{head + finetune} ({head} head + {finetune} fine-tune)"
+    skip = {"head_epochs", "finetune_epochs"} | (set() if strategy in ("fine-tune", None) else set(FINE_TUNE_ONLY))
+    batch, head_batch = metrics.get("batch_size"), metrics.get("head_batch_size")
+    if batch is not None:
+        cached = config.get("cache", True) and strategy != "scratch" and head_batch not in (None, batch)
+        used["batch_size"] = (head_batch if cached and strategy == "feature-extraction" else
+                              f"{batch} ({head_batch} in the head phase, on cached features)" if cached else batch)
+    if metrics.get("device") and config.get("device") == "auto":
+        used["device"] = f"{metrics['device']} (auto)"
+    if strategy == "feature-extraction" and config.get("cache", True) and config.get("cache_views") == 1 and \
+            config.get("augment", "none") != "none":  # view 0 of the cached features is the clean crop
+        used["augment"] = f"{config['augment']}, unused: cached features of the clean crop (--cache-views 1)"
+    if config.get("split_seed") is None and "seed" in config:
+        used["split_seed"] = f"{config['seed']} (the seed)"
+    if "max_seconds" in config and config["max_seconds"] is None:
+        used["max_seconds"] = "no limit"
+    return [(k, _shown(used[k])) for k in CONFIG_KEYS if k in used and k not in skip]
+
+
+def config_section(config: dict[str, Any], title: str = "Configuration",
+                   metrics: dict[str, Any] | None = None) -> str:
+    rows = used_settings(config, metrics)
     full = f"<details><summary>full config.json</summary><pre>{esc(json.dumps(config, indent=2))}</pre></details>"
     return section(title, table(["setting", "value"], rows) + full, "config")
 
@@ -300,7 +338,7 @@ def render_run_report(run_dir: str | Path, out: str | Path | None = None, worst:
                      "wall-clock seconds since the run started.</p>", "curves")
     sections = [curves, metrics_section(run), per_class_section(run), worst_section(run, worst),
                 gradcam_section(run, gradcam), freeze_auto_section(run), lr_find_section(run), data_section(run),
-                config_section(run.config)]
+                config_section(run.config, metrics=run.metrics)]
     text = page(title, subtitle, summary, [s for s in sections if s], f"graft report {run_dir}")
     path = Path(out) if out is not None else run.run_dir / "report.html"
     from ..fileio import atomic_write_text

@@ -15,7 +15,7 @@ from pathlib import Path
 from typing import Any, Sequence
 
 from .._version import __version__
-from ..config import STRATEGIES, TrainConfig
+from ..config import STRATEGIES, TrainConfig, split_fine_tune_epochs
 from ..errors import ConfigError
 from ..fileio import atomic_write_text, refuse_out_inside_data
 
@@ -28,11 +28,8 @@ def budget_fields(strategy: str, epochs: int) -> dict[str, int]:
     """The same epoch budget for every strategy; fine-tune spends a third of it (at least one epoch)
     on the head with the backbone frozen and the rest fine-tuning."""
     if strategy == "fine-tune":
-        if epochs < 2:
-            raise ConfigError(f"fine-tune needs a budget of at least 2 epochs (head, then fine-tuning); "
-                              f"got {epochs}. Raise --budget-epochs.")
-        head = max(1, epochs // 3)
-        return {"head_epochs": head, "finetune_epochs": epochs - head}
+        head, finetune = split_fine_tune_epochs(epochs, "--budget-epochs")  # as `graft train --epochs` splits
+        return {"head_epochs": head, "finetune_epochs": finetune}
     return {"epochs": epochs}
 
 
@@ -85,7 +82,8 @@ def _same_run(run_dir: Path, cfg: TrainConfig) -> None:
     saved = json.loads((run_dir / "config.json").read_text())
     for key in ("strategy", "seed", "backbone", "epochs", "head_epochs", "finetune_epochs", "max_seconds"):
         want = getattr(cfg, key)
-        if saved.get(key) != want and not (key == "epochs" and cfg.strategy == "fine-tune"):
+        if saved.get(key) != want and not (key == "epochs" and cfg.strategy == "fine-tune") and \
+                not (key in ("head_epochs", "finetune_epochs") and cfg.strategy != "fine-tune"):
             raise ConfigError(f"'{run_dir}' holds a finished run with {key}={saved.get(key)!r}, but this "
                               f"comparison asks for {want!r}. Pass another --out, or delete that folder.")
     if Path(saved.get("data_dir", "")).resolve() != Path(cfg.data_dir).resolve():

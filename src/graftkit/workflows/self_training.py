@@ -29,7 +29,7 @@ from ..fileio import atomic_write_text
 from ..semi.pseudo_label import PseudoLabelling, RunPredictor, class_caps, pseudo_label, with_extra_train
 
 RUN_FILES = ("config.json", "history.jsonl", "metrics.json", "model.safetensors", "model.json",
-             "predictions.csv", "augmentations.png", "skipped.csv", "duplicates.txt", "label_conflicts.csv")
+             "predictions.csv", "augmentations.jpg", "augmentations.png", "skipped.csv", "duplicates.txt", "label_conflicts.csv")
 
 
 @dataclass(frozen=True)
