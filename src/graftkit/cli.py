@@ -245,7 +245,10 @@ def train(
 def predict(model: Annotated[Path, typer.Argument(help="Run folder (or its model.json).")],
             paths: Annotated[list[Path], typer.Argument(help="Image files or folders (recursive).")],
             top_k: int = typer.Option(1, help="Classes to show per image."),
-            format: str = typer.Option("table", "--format", help="table | json | csv.")) -> None:
+            format: str = typer.Option("table", "--format", help="table | json | csv."),
+            reject_unknown: bool = typer.Option(False, "--reject-unknown", help="Answer 'unknown' for images "
+                                                "unlike the training images (threshold set at training time)."),
+            ) -> None:
     """Predict the class of images with a trained model."""
     from .predict import ImageClassifier
 
@@ -255,10 +258,11 @@ def predict(model: Annotated[Path, typer.Argument(help="Run folder (or its model
 
     classifier = ImageClassifier.from_run(model)
     with stderr_progress("predicting") as on_progress:  # a bar on a terminal's stderr only
-        results = classifier.predict(paths, top_k=top_k, on_progress=on_progress,
+        results = classifier.predict(paths, top_k=top_k, on_progress=on_progress, reject_unknown=reject_unknown,
                                      on_skip=lambda p, r: typer.echo(f"skipped: {p}: {r}", err=True))
     if format == "json":
         typer.echo(json.dumps([{"path": str(r.path), "class": r.label, "probability": r.probability,
+                                "unknown_score": r.unknown_score, "is_unknown": r.is_unknown,
                                 "top": [{"class": c, "probability": p} for c, p in r.top]}
                                for r in results], indent=2))
     elif format == "csv":
@@ -284,11 +288,15 @@ def evaluate(model: Annotated[Path, typer.Argument(help="Run folder (or its mode
              data_dir: Annotated[Path, typer.Argument(help="Labelled image folder.")],
              split: str = typer.Option("val", help="val | train | all."),
              as_json: bool = typer.Option(False, "--json", help="Print the metrics as JSON."),
-             skip_bad_images: bool = typer.Option(False)) -> None:
-    """Accuracy, per-class precision/recall/F1 and the confusion matrix on labelled data."""
+             skip_bad_images: bool = typer.Option(False),
+             ood: Optional[Path] = typer.Option(None, "--ood", help="Folder of images of other kinds: report how "
+                                                "well the unknown detector rejects them (AUROC, FPR at 95% TPR).")) -> None:
+    """Accuracy, per-class precision/recall/F1, confusion matrix and calibration on labelled data."""
+    from .cli_serve import print_calibration, print_unknown
     from .predict import ImageClassifier
 
-    result = ImageClassifier.from_run(model).evaluate(data_dir, split, skip_bad_images)
+    result = ImageClassifier.from_run(model).evaluate(data_dir, split, skip_bad_images, ood_dir=ood,
+                                                      on_skip=lambda p, r: typer.echo(f"skipped: {p}: {r}", err=True))
     if as_json:
         typer.echo(json.dumps(result, indent=2))
         return
@@ -306,6 +314,9 @@ def evaluate(model: Annotated[Path, typer.Argument(help="Run folder (or its mode
     for cls, row in zip(result["classes"], result["confusion_matrix"]):
         matrix.add_row(cls, *map(str, row))
     console.print(matrix)
+    print_calibration(console, result["calibration"])
+    if "ood" in result:
+        print_unknown(console, result["ood"])
 
 
 @app.command()
@@ -459,6 +470,9 @@ def demo(out: Path = typer.Option(Path("runs/demo"), "--out", help="Run folder."
 from . import cli_scarce  # noqa: E402
 
 cli_scarce.register(app)  # subsample, label-efficiency, augment-preview, pretrain
+from . import cli_serve  # noqa: E402
+
+cli_serve.register(app)  # serve
 
 
 def main() -> None:
