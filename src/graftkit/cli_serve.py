@@ -47,17 +47,14 @@ def print_calibration(console: Any, figures: dict[str, Any]) -> None:
 
 
 def print_unknown(console: Any, result: dict[str, Any]) -> None:
-    from rich.table import Table
-
-    table = Table("score", "AUROC", "FPR at 95% TPR", f"rejected of --ood ({result['num_out']})",
-                  f"rejected of in-distribution ({result['num_in']})", "accuracy of accepted",
-                  title=f"unknown detection against {result['ood_dir']}")
+    console.print(f"unknown detection against {result['ood_dir']} ({result['num_out']} images; in-distribution: "
+                  f"the {result['num_in']} images above):")
     for name in ("feature_distance", "max_probability"):
         r = result[name]
-        table.add_row(name.replace("_", " "), f"{r['auroc']:.4f}", f"{r['fpr_at_95_tpr']:.3f}",
-                      f"{r['out_rejected']:.3f}", f"{r['in_rejected']:.3f}",
-                      "–" if r["accepted_accuracy"] is None else f"{r['accepted_accuracy']:.4f}")
-    console.print(table)
+        accepted = "–" if r["accepted_accuracy"] is None else f"{r['accepted_accuracy']:.4f}"
+        console.print(f"  {name.replace('_', ' ')}: AUROC {r['auroc']:.4f} · FPR at 95% TPR {r['fpr_at_95_tpr']:.3f} "
+                      f"· rejected {r['out_rejected']:.3f} of --ood, {r['in_rejected']:.3f} of in-distribution "
+                      f"· accuracy of accepted {accepted}")
 
 
 def register(app: typer.Typer) -> None:
