@@ -28,7 +28,7 @@ def nll(logits: np.ndarray, labels: np.ndarray, temperature: float = 1.0) -> flo
     z = np.asarray(logits, dtype=np.float64) / float(temperature)
     top = z.max(axis=1, keepdims=True)
     log_norm = top[:, 0] + np.log(np.exp(z - top).sum(axis=1))
-    return float(np.mean(log_norm - z[np.arange(len(z)), np.asarray(labels, dtype=np.int64)]))
+    return max(0.0, float(np.mean(log_norm - z[np.arange(len(z)), np.asarray(labels, dtype=np.int64)])))
 
 
 def fit_temperature(logits: np.ndarray, labels: np.ndarray) -> float:
@@ -118,12 +118,11 @@ def calibrate(logits: np.ndarray, labels: np.ndarray, folds: int = 5, seed: int 
     ECE/NLL before and after, cross-fitted over ``folds`` folds (pooled over the held-out images)."""
     logits, labels = np.asarray(logits, dtype=np.float64), np.asarray(labels, dtype=np.int64)
     crossed = cross_fit(logits, labels, folds, seed)
-    after = crossed["probs"]
-    eps = 1e-12
+    after, eps = crossed["probs"], 1e-12
     return {
         "temperature": fit_temperature(logits, labels),
         "nll_before": nll(logits, labels),
-        "nll_after": float(-np.mean(np.log(after[np.arange(len(labels)), labels] + eps))),
+        "nll_after": float(-np.mean(np.log(np.clip(after[np.arange(len(labels)), labels], eps, 1.0)))),
         "ece_before": ece(softmax(logits), labels),
         "ece_after": ece(after, labels),
         "scored": f"{crossed['folds']}-fold cross-fitted on the validation images",

@@ -305,7 +305,7 @@ def evaluate(model: Annotated[Path, typer.Argument(help="Run folder (or its mode
 
     console = Console()
     console.print(f"accuracy {result['accuracy']:.4f} on {result['num_images']} images "
-                  f"({split} split of {data_dir}), loss {result['loss']:.4f}")
+                  f"({split} split of {data_dir}), loss {result['loss']:.4f} (before calibration, as training's val_loss)")
     table = Table("class", "precision", "recall", "f1", "support")
     for cls, m in result["per_class"].items():
         table.add_row(cls, f"{m['precision']:.3f}", f"{m['recall']:.3f}", f"{m['f1']:.3f}", str(m["support"]))

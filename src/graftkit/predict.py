@@ -211,7 +211,8 @@ class ImageClassifier:
         probs = self.probabilities(logits)
         labels = np.array(to_model)
         result = classification_metrics(labels, probs.argmax(1), self.classes)
-        result["loss"] = log_loss(labels, probs)  # calibrated probabilities (graftkit.metrics)
+        # as training computes val_loss (T = 1), so a run's figure is reproduced; calibrated: calibration.nll_after
+        result["loss"] = log_loss(labels, softmax(logits).astype(np.float32))
         result["split"] = split
         result["data_dir"] = str(data_dir)
         result["calibration"] = calibration_figures(logits, labels, self.temperature, self.meta.get("calibration"))

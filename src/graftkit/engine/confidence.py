@@ -55,6 +55,8 @@ def fit_confidence(cfg: TrainConfig, data: TrainingData, model: Classifier, devi
     """Fit the temperature and the unknown detector, write ``ood.safetensors`` and add both to
     ``model.json``; return what ``metrics.json`` records of them (the reliability diagram's bins)."""
     labels = np.asarray(data.val_labels, dtype=np.int64)
+    if len(labels) < 2:  # nothing to fit on: the model keeps T = 1 and has no detector
+        return {}
     fitted = calibration.calibrate(val_logits, labels, seed=cfg.seed)
     temperature = fitted["temperature"]
     msp = calibration.softmax(val_logits, temperature).max(axis=1)
