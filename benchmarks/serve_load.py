@@ -88,26 +88,50 @@ async def drive(url: str, bodies: list[tuple[str, bytes]], requests: int, concur
     return {"latencies": latencies, "errors": errors, "seconds": seconds, "health": health}
 
 
-async def measure(run: Path, batching: bool, bodies, requests: int, concurrency: int) -> dict:
-    import httpx
-
+def start_server(run: Path, batching: bool) -> tuple[str, subprocess.Popen]:
     port = free_port()
-    url = f"http://127.0.0.1:{port}"
     command = graft("serve", str(run), "--host", "127.0.0.1", "--port", str(port),
                     *([] if batching else ["--no-batching"]))
-    process = subprocess.Popen(command, stdout=subprocess.DEVNULL, stderr=subprocess.PIPE, env=os.environ.copy())
+    return f"http://127.0.0.1:{port}", subprocess.Popen(command, stdout=subprocess.DEVNULL,
+                                                        stderr=subprocess.DEVNULL, env=os.environ.copy())
+
+
+def stop_server(process: subprocess.Popen) -> None:
+    process.terminate()
+    try:
+        process.wait(timeout=20)
+    except subprocess.TimeoutExpired:
+        process.kill()
+        process.wait()
+
+
+async def measure(run: Path, bodies, requests: int, concurrency: int, rounds: int) -> dict[bool, dict]:
+    """Both servers up at once (the idle one costs nothing); the modes take turns, ``rounds`` times,
+    so that a change in the machine's load hits both alike."""
+    import httpx
+
+    servers = {batching: start_server(run, batching) for batching in (True, False)}
+    results = {b: {"latencies": [], "errors": [], "seconds": 0.0, "passes": 0} for b in servers}
     try:
         async with httpx.AsyncClient() as client:
-            await wait_ready(client, url, process)
-        await drive(url, bodies, 2 * concurrency, concurrency)  # warm-up: the first passes, allocator, caches
-        return await drive(url, bodies, requests, concurrency)
+            for url, process in servers.values():
+                await wait_ready(client, url, process)
+        for url, _ in servers.values():
+            await drive(url, bodies, 2 * concurrency, concurrency)  # warm-up: first passes, allocator, caches
+        for r in range(rounds):
+            for batching, (url, _) in servers.items():
+                count = requests // rounds + (1 if r < requests % rounds else 0)
+                before = (await drive(url, bodies, 0, 1))["health"]["forward_passes"]
+                part = await drive(url, bodies, count, concurrency)
+                total = results[batching]
+                total["latencies"] += part["latencies"]
+                total["errors"] += part["errors"]
+                total["seconds"] += part["seconds"]
+                total["passes"] += part["health"]["forward_passes"] - before
+        return results
     finally:
-        process.terminate()
-        try:
-            process.wait(timeout=20)
-        except subprocess.TimeoutExpired:
-            process.kill()
-            process.wait()
+        for _, process in servers.values():
+            stop_server(process)
 
 
 def main() -> None:
@@ -115,6 +139,7 @@ def main() -> None:
     parser.add_argument("--run", type=Path, default=None)
     parser.add_argument("--requests", type=int, default=500)
     parser.add_argument("--concurrency", type=int, default=16)
+    parser.add_argument("--rounds", type=int, default=4, help="turns per mode (the requests are split over them)")
     parser.add_argument("--append", type=Path, help="append the table to this markdown file")
     args = parser.parse_args()
     run = args.run or default_run()
@@ -123,24 +148,24 @@ def main() -> None:
     bodies = [(p.name, p.read_bytes()) for p in images[:64]]
     backbone = json.loads((run / "model.json").read_text())["backbone"]
     print(machine(), flush=True)
+    load_before = " ".join(f"{x:.1f}" for x in os.getloadavg())
+    results = asyncio.run(asyncio.wait_for(measure(run, bodies, args.requests, args.concurrency, args.rounds),
+                                           DEADLINE_S))
     rows = []
-    started = time.monotonic()
-    for batching in (True, False):
-        result = asyncio.run(asyncio.wait_for(measure(run, batching, bodies, args.requests, args.concurrency),
-                                              DEADLINE_S - (time.monotonic() - started)))
+    for batching, result in results.items():
         ms = np.array(result["latencies"]) * 1000
-        mean_batch = result["health"].get("mean_batch")
-        rows.append(["on (≤ 10 ms wait, ≤ 32 images)" if batching else "off (--no-batching)", args.requests,
+        rows.append(["on (≤ 10 ms wait, ≤ 32 images)" if batching else "off (--no-batching)", len(ms),
                      len(result["errors"]), f"{np.percentile(ms, 50):.0f}", f"{np.percentile(ms, 95):.0f}",
-                     f"{args.requests / result['seconds']:.1f}",
-                     "1" if not batching else f"{mean_batch:.1f}"])
+                     f"{len(ms) / result['seconds']:.1f}", f"{len(ms) / max(result['passes'], 1):.1f}"])
         print(rows[-1], flush=True)
         if result["errors"]:
             print("errors:", result["errors"][:5])
     ratio = float(rows[0][5]) / float(rows[1][5])
     text = "\n\n".join([
         f"`python benchmarks/serve_load.py` · {backbone} ({run.name}) · {args.requests} requests of one image at "
-        f"concurrency {args.concurrency} on 127.0.0.1 · client and server on the same machine\n\n{machine()}",
+        f"concurrency {args.concurrency} on 127.0.0.1, the modes taking turns ({args.rounds} rounds) · client and "
+        f"server on the same machine · load average before/after: {load_before} / {' '.join(f'{x:.1f}' for x in os.getloadavg())}"
+        f"\n\n{machine()}",
         table(rows, ["server-side batching", "requests", "errors", "p50 ms", "p95 ms", "images/s",
                      "images per forward pass"]),
         f"Batching on / off: {ratio:.2f}x images/s.",

@@ -76,9 +76,12 @@ def build_app(predictor: Predictor, limits: Limits = Limits(), batching: bool = 
         return JSONResponse({"error": f"bad request: {where}: {first.get('msg', 'invalid')}. Send images as "
                                       f"multipart/form-data fields named 'files'."}, status_code=422)
 
+    pass_sizes = batcher.batch_sizes if batcher is not None else []  # images per forward pass
+
     async def run_model(squares: Sequence[np.ndarray]) -> tuple[np.ndarray, np.ndarray]:
         if batcher is not None:
             return await batcher.submit(squares)
+        pass_sizes.append(len(squares))
         return await asyncio.get_running_loop().run_in_executor(executor, predictor.predict, squares)
 
     @app.get("/", response_class=HTMLResponse, include_in_schema=False)
@@ -88,9 +91,8 @@ def build_app(predictor: Predictor, limits: Limits = Limits(), batching: bool = 
     @app.get("/health")
     async def health() -> dict[str, Any]:
         """Liveness: ``{"status": "ok"}``, and how many images went into each forward pass so far."""
-        sizes = batcher.batch_sizes if batcher is not None else []
-        return {"status": "ok", "batching": batcher is not None, "forward_passes": len(sizes),
-                "mean_batch": float(np.mean(sizes)) if sizes else None}
+        return {"status": "ok", "batching": batcher is not None, "forward_passes": len(pass_sizes),
+                "mean_batch": float(np.mean(pass_sizes)) if pass_sizes else None}
 
     @app.get("/model")
     async def model() -> dict[str, Any]:
