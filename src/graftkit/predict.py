@@ -234,7 +234,7 @@ class ImageClassifier:
         correct = probs.argmax(1) == labels
         result = {"ood_dir": str(ood_dir), "num_in": int(len(labels)), "num_out": len(found)}
         in_d, out_d = self.ood.distances(features), self.ood.distances(out_features)
-        in_keep = self.ood.score(features) >= self.ood.threshold
+        in_keep = p_values(in_d, self.ood.reference) >= self.ood.threshold
         out_keep = p_values(out_d, self.ood.reference) >= self.ood.threshold
         in_msp, out_msp = probs.max(1), out_probs.max(1)
         msp_cut = self.ood.msp_threshold if self.ood.msp_threshold is not None else 0.0
