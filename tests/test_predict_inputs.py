@@ -42,7 +42,8 @@ def test_logits_and_features_are_named_methods(model_and_files):
     logits = model.logits(files[:3])
     assert logits.shape == (3, len(model.classes))
     probs = [r.probability for r in model.predict(files[:3])]
-    assert logits.softmax(1).max(1).values.tolist() == pytest.approx(probs, abs=1e-6)
+    # predict's probabilities are calibrated: softmax of the logits over the run's temperature
+    assert (logits / model.temperature).softmax(1).max(1).values.tolist() == pytest.approx(probs, abs=1e-6)
     features = model.features([Image.open(f) for f in files[:3]])
     assert features.shape == (3, model.meta["num_features"])
     assert torch.allclose(model.model.head(features), logits, atol=1e-3)  # features in the run's precision (bf16 on some CPUs)

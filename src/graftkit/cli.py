@@ -259,6 +259,8 @@ def predict(model: Annotated[Path, typer.Argument(help="Run folder (or its model
             paths: Annotated[list[Path], typer.Argument(help="Image files or folders (recursive).", metavar="PATHS...")],
             top_k: int = typer.Option(1, help="Classes to show per image."),
             format: str = typer.Option("table", "--format", help="table (plain text when piped) | json | csv."),
+            reject_unknown: bool = typer.Option(False, "--reject-unknown", help="Answer 'unknown' for images "
+                                                "unlike the training images (threshold set at training time)."),
             device: opt.Device = "auto") -> None:
     """Predict the class of images with a trained model."""
     from .predict import ImageClassifier
@@ -269,10 +271,11 @@ def predict(model: Annotated[Path, typer.Argument(help="Run folder (or its model
 
     classifier = ImageClassifier.from_run(model, device=device)
     with stderr_progress("predicting") as on_progress:  # a bar on a terminal's stderr only
-        results = classifier.predict(paths, top_k=top_k, on_progress=on_progress,
+        results = classifier.predict(paths, top_k=top_k, on_progress=on_progress, reject_unknown=reject_unknown,
                                      on_skip=lambda p, r: typer.echo(f"skipped: {p}: {r}", err=True))
     if format == "json":
         typer.echo(json.dumps([{"path": str(r.path), "class": r.label, "probability": r.probability,
+                                "unknown_score": r.unknown_score, "is_unknown": r.is_unknown,
                                 "top": [{"class": c, "probability": p} for c, p in r.top]}
                                for r in results], indent=2))
     elif format == "csv":
@@ -296,11 +299,15 @@ def evaluate(model: Annotated[Path, typer.Argument(help="Run folder (or its mode
                                        "its val/; a folder of class folders: all of it) | val | train | all."),
              as_json: bool = typer.Option(False, "--json", help="Print the metrics as JSON."),
              skip_bad_images: bool = typer.Option(False, help="Score the readable images, skip the rest."),
+             ood: Optional[Path] = typer.Option(None, "--ood", help="Folder of images of other kinds: report how "
+                                                "well the unknown detector rejects them (AUROC, FPR at 95% TPR)."),
              device: opt.Device = "auto") -> None:
-    """Accuracy, per-class precision/recall/F1 and the confusion matrix on labelled data."""
+    """Accuracy, per-class precision/recall/F1, confusion matrix and calibration on labelled data."""
+    from .cli_serve import print_calibration, print_unknown
     from .predict import ImageClassifier
 
-    result = ImageClassifier.from_run(model, device=device).evaluate(data_dir, split, skip_bad_images)
+    result = ImageClassifier.from_run(model, device=device).evaluate(
+        data_dir, split, skip_bad_images, ood_dir=ood, on_skip=lambda p, r: typer.echo(f"skipped: {p}: {r}", err=True))
     if as_json:
         typer.echo(json.dumps(result, indent=2))
         return
@@ -309,7 +316,7 @@ def evaluate(model: Annotated[Path, typer.Argument(help="Run folder (or its mode
 
     console = Console()
     typer.echo(f"accuracy {result['accuracy']:.4f} on {result['num_images']} images ({result['scored']}), "
-               f"loss {result['loss']:.4f}")  # one line, never wrapped: it names the folder
+               f"loss {result['loss']:.4f} (before calibration, as training's val_loss)")  # one line: it names the folder
     table = Table("class", "precision", "recall", "f1", "support")
     for cls, m in result["per_class"].items():
         table.add_row(cls, f"{m['precision']:.3f}", f"{m['recall']:.3f}", f"{m['f1']:.3f}", str(m["support"]))
@@ -318,6 +325,9 @@ def evaluate(model: Annotated[Path, typer.Argument(help="Run folder (or its mode
     for cls, row in zip(result["classes"], result["confusion_matrix"]):
         matrix.add_row(cls, *map(str, row))
     console.print(matrix)
+    print_calibration(console, result["calibration"])
+    if "ood" in result:
+        print_unknown(console, result["ood"])
 
 
 @app.command()
@@ -471,6 +481,9 @@ def demo(out: Path = typer.Option(Path("runs/demo"), "--out", help="Run folder."
 from . import cli_scarce  # noqa: E402
 
 cli_scarce.register(app)  # subsample, label-efficiency, augment-preview, pretrain
+from . import cli_serve  # noqa: E402
+
+cli_serve.register(app)  # serve
 opt.style_help(app)  # panels, defaults and value names in every command's --help (cli_options.py)
 
 

@@ -12,30 +12,37 @@ import torch
 from PIL import Image
 from torch.utils.data import DataLoader, Dataset
 
+from .calibration import ece, nll, softmax
 from .config import DEVICES
 from .data import IMAGE_EXTENSIONS, build_eval_transform, decode_square, scan_data
 from .data.decoded import image_square
 from .data.images import read_image_file
 from .data.scan import DECODE_ERRORS, describe_image_error, walk_files
 from .engine.checkpoint import load_model, resolve_model_path
+from .engine.features import capture_pooled
 from .engine.fusion import fold_frozen_batchnorm
 from .engine.loop import predict_logits
 from .engine.runtime import autocast_for, eval_batch_size, resolve_device
 from .errors import CheckpointError, ConfigError, DataError
 from .metrics import classification_metrics, log_loss
+from .ood import OodScorer, detection_figures, load_scorer, p_values
 
 
 ImageInput = Union[str, os.PathLike, Image.Image, np.ndarray, torch.Tensor]
+UNKNOWN = "unknown"
 
 
 @dataclass(frozen=True)
 class Prediction:
     path: Path | None  # None for an image given in memory (PIL, numpy, tensor): see its place in the list
-    top: list[tuple[str, float]]  # (class, probability), most likely first
+    top: list[tuple[str, float]]  # (class, calibrated probability), most likely first
+    unknown_score: float | None = None  # p-value of the feature distance (graftkit.ood); None: no detector
+    is_unknown: bool | None = None      # unknown_score below the model's threshold
+    rejected: bool = False              # predict(reject_unknown=True) and is_unknown: label is "unknown"
 
     @property
     def label(self) -> str:
-        return self.top[0][0]
+        return UNKNOWN if self.rejected else self.top[0][0]
 
     @property
     def probability(self) -> float:
@@ -121,15 +128,20 @@ class ImageClassifier:
             scale, mean/std), with ``R = meta["preprocessing"]["resize"]``, ``S = image_size``.
         classes: class names, in the order of the logits.
         meta: what ``model.json`` holds.
+        temperature: the calibration temperature (``model.json``'s calibration; 1.0 for older runs).
+        ood: the unknown detector (:class:`graftkit.ood.OodScorer`), or None for older runs.
     """
 
-    def __init__(self, model, meta: dict, device: str = "cpu", run_dir: Path | None = None) -> None:
+    def __init__(self, model, meta: dict, device: str = "cpu", run_dir: Path | None = None,
+                 ood: OodScorer | None = None) -> None:
         if device not in DEVICES:
             raise ConfigError(f"--device must be one of {', '.join(DEVICES)}; got {device!r}")
         self.device = resolve_device(device)
         self.model = model.to(self.device, memory_format=torch.channels_last).eval()
         self.meta = meta
         self.run_dir = run_dir
+        self.temperature = float(meta.get("calibration", {}).get("temperature", 1.0))  # 1.0: older runs
+        self.ood = ood
         self.classes: list[str] = list(meta["classes"])
         pre = meta["preprocessing"]
         self.image_size = int(pre["image_size"])
@@ -140,29 +152,49 @@ class ImageClassifier:
     def from_run(cls, path: str | Path, device: str = "cpu") -> "ImageClassifier":
         """Load a run folder (or its model.json); ``device``: auto | cpu | cuda."""
         model, meta = load_model(path)
-        return cls(model, meta, device, run_dir=resolve_model_path(path))
+        run_dir = resolve_model_path(path)
+        scorer = load_scorer(run_dir, meta["ood"], CheckpointError) if "ood" in meta else None
+        return cls(model, meta, device, run_dir=run_dir, ood=scorer)
 
     def _loader(self, paths: Sequence[Path]) -> DataLoader:
         return DataLoader(_Files(paths, self.transform, int(self.meta["preprocessing"]["resize"])),
                           batch_size=eval_batch_size(self.device))
 
-    def predict_proba(self, paths: Sequence[str | Path]) -> np.ndarray:
-        """``(N, num_classes)`` probabilities for readable image files, in order."""
+    def _outputs(self, batches) -> tuple[np.ndarray, np.ndarray]:
+        """``(N, C)`` logits (uncalibrated) and ``(N, num_features)`` pooled features over ``batches``."""
         self.model.eval()
-        with fold_frozen_batchnorm(self.model, enabled=bool(self.meta.get("fold_bn", False))):
-            logits, _ = predict_logits(self.model, self._loader([Path(p) for p in paths]), self.device,
-                                       channels_last=True, autocast=self.autocast)
-        return logits.softmax(1).numpy()
+        with fold_frozen_batchnorm(self.model, enabled=bool(self.meta.get("fold_bn", False))), \
+                capture_pooled(self.model) as rows:
+            logits, _ = predict_logits(self.model, batches, self.device, channels_last=True, autocast=self.autocast)
+        return logits.numpy(), torch.cat(rows).numpy()
 
-    def _outputs(self, squares: Sequence[np.ndarray], module) -> torch.Tensor:
-        """``module``'s float outputs for decoded ``(S, S, 3)`` uint8 squares, in order."""
+    def probabilities(self, logits: np.ndarray) -> np.ndarray:
+        """Calibrated probabilities: ``softmax(logits / temperature)`` (model.json's calibration)."""
+        return softmax(logits, self.temperature).astype(np.float32)
+
+    def predict_outputs(self, paths: Sequence[str | Path]) -> tuple[np.ndarray, np.ndarray]:
+        """Logits and pooled features of readable image files, in order (decoded as training decodes)."""
+        return self._outputs(self._loader([Path(p) for p in paths]))
+
+    def predict_proba(self, paths: Sequence[str | Path]) -> np.ndarray:
+        """``(N, num_classes)`` calibrated probabilities for readable image files, in order."""
+        return self.probabilities(self.predict_outputs(paths)[0])
+
+    def _square_outputs(self, squares: Sequence[np.ndarray]) -> tuple[np.ndarray, np.ndarray]:
+        """Logits and pooled features for decoded ``(S, S, 3)`` uint8 squares, in order."""
         tensors = torch.stack([self.transform(torch.from_numpy(q).permute(2, 0, 1)) for q in squares])
-        batches = [(tensors[i:i + eval_batch_size(self.device)], torch.zeros(0))
-                   for i in range(0, len(tensors), eval_batch_size(self.device))]
-        self.model.eval()
-        with fold_frozen_batchnorm(self.model, enabled=bool(self.meta.get("fold_bn", False))):
-            outputs, _ = predict_logits(module, batches, self.device, channels_last=True, autocast=self.autocast)
-        return outputs
+        size = eval_batch_size(self.device)
+        return self._outputs([(tensors[i:i + size], torch.zeros(0)) for i in range(0, len(tensors), size)])
+
+    def outputs_for_squares(self, squares: Sequence[np.ndarray]) -> tuple[np.ndarray, np.ndarray]:
+        """Calibrated probabilities and pooled features for decoded ``(S, S, 3)`` uint8 squares
+        (``S`` = ``meta["preprocessing"]["resize"]``), in order."""
+        logits, features = self._square_outputs(squares)
+        return self.probabilities(logits), features
+
+    def unknown_scores(self, features: np.ndarray) -> np.ndarray | None:
+        """p-values of the feature distance (low: unlike the training images), or None without a detector."""
+        return None if self.ood is None else self.ood.score(features)
 
     def _each_square(self, images, on_skip=None, on_progress=None, chunk: int = 256):
         """Yield ``(sources, squares)`` chunks: every input decoded as training decodes files. Files
@@ -197,35 +229,55 @@ class ImageClassifier:
                 yield sources, squares
 
     def logits(self, images) -> torch.Tensor:
-        """``(N, num_classes)`` float logits for ``images`` (see the class docstring), in order."""
-        return torch.cat([self._outputs(q, self.model) for _, q in self._each_square(images)])
+        """``(N, num_classes)`` float logits (before the temperature) for ``images`` (see the class
+        docstring), in order."""
+        return torch.cat([torch.from_numpy(self._square_outputs(q)[0]) for _, q in self._each_square(images)])
 
     def features(self, images) -> torch.Tensor:
         """``(N, num_features)`` pooled backbone features (the head's input) for ``images``, in order:
         for a nearest-neighbour search, clustering, or a classifier of your own."""
-        return torch.cat([self._outputs(q, self.model.backbone) for _, q in self._each_square(images)])
+        return torch.cat([torch.from_numpy(self._square_outputs(q)[1]) for _, q in self._each_square(images)])
+
+    def _outputs_for_images(self, images, on_skip=None, on_progress=None) -> tuple[list, np.ndarray, np.ndarray]:
+        """The inputs that decoded (a path, or None for an image in memory), their calibrated
+        probabilities and pooled features, decoded in chunks that bound memory."""
+        good, chunks = [], []
+        for sources, squares in self._each_square(images, on_skip, on_progress):
+            good.extend(sources)
+            chunks.append(self.outputs_for_squares(squares))
+        if not chunks:
+            return [], np.zeros((0, len(self.classes)), np.float32), np.zeros((0, 0), np.float32)
+        return good, np.concatenate([c[0] for c in chunks]), np.concatenate([c[1] for c in chunks])
 
     def predict(self, images: ImageInput | Sequence[ImageInput], top_k: int = 1,
-                on_skip=None, on_progress=None) -> list[Prediction]:
+                on_skip=None, on_progress=None, reject_unknown: bool = False) -> list[Prediction]:
         """Top-k classes for every image: files, folders (searched recursively), Pillow images, numpy
         arrays ``(H, W, 3)`` uint8, tensors ``(3, H, W)`` (uint8, or float 0-1); one, or a list
         (a 4-d array or tensor is a batch). Batched, and decoded exactly as training decodes files.
         Unreadable files (and FIFOs, devices, files over ``MAX_FILE_BYTES``) are skipped and reported
-        through ``on_skip(path, reason)``; ``on_progress(done, total)`` is called as images are read."""
+        through ``on_skip(path, reason)``; ``on_progress(done, total)`` is called as images are read.
+        Probabilities are calibrated (the model's temperature). ``reject_unknown``: images the
+        unknown detector flags get the label ``"unknown"``."""
         if isinstance(top_k, bool) or not isinstance(top_k, int) or top_k < 1:
             raise ConfigError(f"--top-k must be a whole number >= 1, got {top_k!r}")
-        good, chunks = [], []
-        for sources, squares in self._each_square(images, on_skip or (lambda path, reason: None), on_progress):
-            good.extend(sources)
-            chunks.append(self._outputs(squares, self.model).softmax(1).numpy())
+        if reject_unknown and self.ood is None:
+            raise ConfigError("this model has no unknown detector (model.json has no 'ood': it was trained by "
+                              "an older graftkit). Retrain it, or predict without --reject-unknown.")
+        good, probs, features = self._outputs_for_images(images, on_skip or (lambda path, reason: None),
+                                                         on_progress)
         if not good:
             shown = ", ".join(map(str, _as_items(images)))[:300]
             raise DataError(f"no readable images in {shown}. Pass image files or folders holding them.")
-        probs = np.concatenate(chunks)
+        scores = self.unknown_scores(features)
         k = min(top_k, len(self.classes))
         order = np.argsort(-probs, axis=1)[:, :k]
-        return [Prediction(f, [(self.classes[j], float(p[j])) for j in idx])
-                for f, p, idx in zip(good, probs, order)]
+        out = []
+        for i, (f, p, idx) in enumerate(zip(good, probs, order)):
+            flagged = None if scores is None else bool(scores[i] < self.ood.threshold)
+            out.append(Prediction(f, [(self.classes[j], float(p[j])) for j in idx],
+                                  None if scores is None else float(scores[i]), flagged,
+                                  bool(reject_unknown and flagged)))
+        return out
 
     def trained_on(self) -> Path | None:
         """The data folder the run was trained on (its config.json), if known."""
@@ -244,8 +296,10 @@ class ImageClassifier:
             pass
         return [f for f in folders if f is not None]
 
-    def evaluate(self, data_dir: str | Path, split: str = "auto", skip_bad_images: bool = False) -> dict:
-        """Accuracy, per-class precision/recall/F1 and confusion matrix on a labelled folder.
+    def evaluate(self, data_dir: str | Path, split: str = "auto", skip_bad_images: bool = False,
+                 ood_dir: str | Path | None = None, on_skip=None) -> dict:
+        """Accuracy, per-class precision/recall/F1, confusion matrix, calibration (ECE, NLL before and
+        after the temperature) on a labelled folder; with ``ood_dir``, unknown detection against it.
 
         Args:
             data_dir: a folder with train/ and val/, or with one folder per class.
@@ -276,15 +330,45 @@ class ImageClassifier:
         if not samples:
             raise DataError(f"'{data_dir}' has no images in split {split!r}.")
         to_model = [self.classes.index(scan.classes[s.label]) for s in samples]
-        probs = self.predict_proba([s.path for s in samples])
+        logits, features = self.predict_outputs([s.path for s in samples])
+        probs = self.probabilities(logits)
         labels = np.array(to_model)
         result = classification_metrics(labels, probs.argmax(1), self.classes)
-        result["loss"] = log_loss(labels, probs)  # as training computes val_loss (graftkit.metrics)
+        # as training computes val_loss (T = 1), so a run's figure is reproduced; calibrated: calibration.nll_after
+        result["loss"] = log_loss(labels, softmax(logits).astype(np.float32))
         result["split"] = split
         result["data_dir"] = str(data_dir)
         result["scored"] = _scored_text(Path(data_dir), split, scan.layout, own, val_fraction, seed)
+        result["calibration"] = calibration_figures(logits, labels, self.temperature, self.meta.get("calibration"))
+        if ood_dir is not None:
+            result["ood"] = self.evaluate_unknown(probs, features, labels, ood_dir, on_skip)
         return result
 
+
+    def evaluate_unknown(self, probs: np.ndarray, features: np.ndarray, labels: np.ndarray,
+                         ood_dir: str | Path, on_skip=None) -> dict:
+        """Unknown detection with ``(probs, features, labels)`` of in-distribution images against every
+        image under ``ood_dir``: AUROC, FPR at 95 % TPR and fractions rejected, for the feature
+        distance and for the max calibrated probability; accuracy of the accepted images."""
+        if self.ood is None:
+            raise ConfigError("this model has no unknown detector (model.json has no 'ood': it was trained by "
+                              "an older graftkit). Retrain it to evaluate --ood.")
+        found, out_probs, out_features = self._outputs_for_images([Path(ood_dir)], on_skip or (lambda path, reason: None))
+        if not found:
+            raise DataError(f"no readable images under '{ood_dir}' (--ood). Pass a folder of images.")
+        correct = probs.argmax(1) == labels
+        result = {"ood_dir": str(ood_dir), "num_in": int(len(labels)), "num_out": len(found)}
+        in_d, out_d = self.ood.distances(features), self.ood.distances(out_features)
+        in_keep = p_values(in_d, self.ood.reference) >= self.ood.threshold
+        out_keep = p_values(out_d, self.ood.reference) >= self.ood.threshold
+        in_msp, out_msp = probs.max(1), out_probs.max(1)
+        msp_cut = self.ood.msp_threshold if self.ood.msp_threshold is not None else 0.0
+        for name, scores, keeps in (("feature_distance", (-in_d, -out_d), (in_keep, out_keep)),
+                                    ("max_probability", (in_msp, out_msp), (in_msp >= msp_cut, out_msp >= msp_cut))):
+            result[name] = {**detection_figures(*scores), "in_rejected": float(1 - keeps[0].mean()),
+                            "out_rejected": float(1 - keeps[1].mean()),
+                            "accepted_accuracy": float(correct[keeps[0]].mean()) if keeps[0].any() else None}
+        return result
 
 def _scored_text(data_dir: Path, split: str, layout: str, own: bool, val_fraction: float, seed: int) -> str:
     """Which images an evaluation scored, in words, e.g. "all of hymenoptera/val"."""
@@ -296,3 +380,13 @@ def _scored_text(data_dir: Path, split: str, layout: str, own: bool, val_fractio
     part = held_out if split == "val" else f"all but {held_out}"
     whose = "the run's " if own else ""
     return f"{whose}{split} split of {data_dir} ({part})"
+
+
+def calibration_figures(logits: np.ndarray, labels: np.ndarray, temperature: float,
+                        trained: dict | None) -> dict:
+    """ECE and NLL of ``logits`` before (T = 1) and after the model's temperature, and the
+    cross-fitted figures training recorded (``trained``: model.json's calibration, if any)."""
+    return {"temperature": temperature,
+            "ece_before": ece(softmax(logits), labels), "ece_after": ece(softmax(logits, temperature), labels),
+            "nll_before": nll(logits, labels), "nll_after": nll(logits, labels, temperature),
+            "trained": trained}

@@ -106,6 +106,31 @@ _MISSING = object()
 MODEL_FIX = "Retrain, or restore the file from the run folder."
 
 
+# Both blocks are optional (runs written before them load as before); present, they are whole.
+_PROB = is_number(0, 1)
+CALIBRATION_SCHEMA: Schema = {
+    "calibration": ("an object {temperature, nll_before, nll_after, ece_before, ece_after}", is_dict, False),
+    "calibration.temperature": ("a number from 0.01 to 100", is_number(0.01, 100), False),
+    "calibration.nll_before": ("a number >= 0", is_number(0), False),
+    "calibration.nll_after": ("a number >= 0", is_number(0), False),
+    "calibration.ece_before": ("a number in [0, 1]", _PROB, False),
+    "calibration.ece_after": ("a number in [0, 1]", _PROB, False),
+}
+OOD_SCHEMA: Schema = {
+    "ood": ("an object {file, blake2b, k, threshold, num_features}", is_dict, False),
+    "ood.file": ("a file name in the run folder", lambda v: is_name(v) and "/" not in v and "\\" not in v
+                 and v not in (".", ".."), False),
+    "ood.blake2b": ("a 32-digit hex digest", lambda v: isinstance(v, str) and len(v) == 32
+                    and all(c in "0123456789abcdef" for c in v), False),
+    "ood.k": ("an integer >= 1", is_int(1), False),
+    "ood.threshold": ("a p-value threshold in [0, 1]", _PROB, False),
+    "ood.msp_threshold": ("a probability in [0, 1] or null", optional(_PROB), False),
+    "ood.num_features": ("an integer >= 1", is_int(1), False),
+}
+_REQUIRED_IN = {"calibration": ("calibration.temperature",),
+                "ood": ("ood.file", "ood.blake2b", "ood.k", "ood.threshold", "ood.num_features")}
+
+
 def check_model_meta(meta: Any, path: Path | str) -> dict[str, Any]:
     """``model.json``: everything that rebuilding and using the model reads."""
     from .config import MAX_IMAGE_SIZE
@@ -125,8 +150,14 @@ def check_model_meta(meta: Any, path: Path | str) -> dict[str, Any]:
         "split.val_fraction": ("a number between 0 and 1", is_number(1e-9, 1 - 1e-9), False),
         "split.seed": ("an integer >= 0", is_int(0), False),
         "epoch": ("an integer >= 1", is_int(1), False),
+        **CALIBRATION_SCHEMA, **OOD_SCHEMA,
     }
     check(meta, schema, path, CheckpointError, MODEL_FIX)
+    for block, fields in _REQUIRED_IN.items():
+        for dotted in fields if block in meta else ():
+            if dotted.split(".")[1] not in meta[block]:
+                expected = {**CALIBRATION_SCHEMA, **OOD_SCHEMA}[dotted][0]
+                raise CheckpointError(f"'{path}' has no field '{dotted}' ({expected}). {MODEL_FIX}")
     pre = meta["preprocessing"]
     if pre["resize"] < pre["image_size"]:
         raise CheckpointError(f"'{path}': field 'preprocessing.resize' must be at least "
@@ -174,6 +205,9 @@ METRICS_SCHEMA: Schema = {
                                                            for c in v.values()), False),
     "diverged": ("a list of {phase, epoch}", is_list(lambda d: isinstance(d, dict) and "phase" in d and "epoch" in d), False),
     "stopped_early": ("null or a dict", optional(is_dict), False),
+    "calibration": ("an object (temperature, ECE/NLL, reliability bins)", is_dict, False),
+    "calibration.reliability_before": ("{confidence, accuracy, count} lists", is_dict, False),
+    "calibration.reliability_after": ("{confidence, accuracy, count} lists", is_dict, False),
     "phases": ("a list of {name, epochs, seconds}",
                is_list(lambda p: isinstance(p, dict) and is_str(p.get("name")) and is_int(0)(p.get("epochs"))
                        and _NUM(p.get("seconds")) and optional(_ACC)(p.get("val_accuracy"))

@@ -65,6 +65,33 @@ def check_resize_plan(width: int, height: int) -> None:
                               f"side is at most {MAX_ASPECT_RATIO}x the shorter)")
 
 
+class TooManyPixels(UnreadableImage):
+    """An image whose header declares more pixels than the caller accepts."""
+
+
+def check_image_header(data: bytes, max_pixels: int) -> tuple[int, int]:
+    """``(width, height)`` from the header of an image file's bytes, before any pixel is decoded.
+
+    Raises:
+        TooManyPixels: more than ``max_pixels`` pixels (or more than Pillow's decompression-bomb limit).
+        UnreadableImage: elongated beyond ``MAX_ASPECT_RATIO`` (``check_resize_plan``) or no pixels.
+        PIL errors (``PIL_ERRORS``): not an image Pillow recognises.
+    """
+    import io
+
+    try:
+        with warnings.catch_warnings():
+            warnings.simplefilter("error", Image.DecompressionBombWarning)
+            with Image.open(io.BytesIO(data)) as img:
+                width, height = img.size
+    except (Image.DecompressionBombError, Image.DecompressionBombWarning) as exc:
+        raise TooManyPixels(f"too many pixels ({str(exc).split(',')[0]})") from None
+    if width * height > max_pixels:
+        raise TooManyPixels(f"too many pixels ({width}x{height} = {width * height:,}; the limit is {max_pixels:,})")
+    check_resize_plan(width, height)
+    return width, height
+
+
 def is_image_name(path: Path) -> bool:
     return path.suffix.lower() in IMAGE_EXTENSIONS
 

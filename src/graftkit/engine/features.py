@@ -8,6 +8,7 @@ preprocessing, augmentation preset, precision and the image bytes with the view 
 """
 from __future__ import annotations
 
+import contextlib
 import hashlib
 import json
 from pathlib import Path
@@ -130,3 +131,18 @@ class FeatureBatches:
             rows = self.store.get([f"{self.keys[i]}:{self.views[i]}" for i in indices])
             yield torch.from_numpy(rows).float(), self.labels[indices]
 
+
+
+
+@contextlib.contextmanager
+def capture_pooled(classifier: nn.Module) -> Iterator[list[torch.Tensor]]:
+    """Collect the pooled features the classifier's head receives while the block runs:
+    ``with capture_pooled(model) as rows: predict_logits(model, ...)``; then ``torch.cat(rows)`` is
+    ``(N, num_features)``, in the order the images went through."""
+    rows: list[torch.Tensor] = []
+    handle = classifier.head.register_forward_hook(
+        lambda _module, inputs, _output: rows.append(inputs[0].detach().float().cpu()))
+    try:
+        yield rows
+    finally:
+        handle.remove()

@@ -31,7 +31,8 @@ from ..heads import Classifier
 from ..strategies import Phase, build_optimizer, build_phases, phase_at, set_learning_rates, warmup_cosine
 from .checkpoint import (CHECKPOINT_NAME, atomic_write_text, capture_rng, load_checkpoint, load_model,
                          restore_rng, save_checkpoint, save_model)
-from .features import TailModel
+from .confidence import fit_confidence
+from .features import TailModel, capture_pooled
 from .fusion import fold_frozen_batchnorm
 from .loop import TrainingDiverged, evaluate, train_one_epoch
 from .prepare import TrainingData, prepare
@@ -233,8 +234,11 @@ def _fit(cfg: TrainConfig, scan: DataScan | None, report: ProgressReporter, star
     except KeyboardInterrupt as exc:
         raise _interrupted(exc, out_dir, epoch, checkpoint_epoch) from None
     model.load_state_dict(best_state)
-    metrics, final = _final_metrics(cfg, data, model, device, precision, phases, history, best, diverged, started)
+    with capture_pooled(model) as val_features:
+        metrics, final = _final_metrics(cfg, data, model, device, precision, phases, history, best, diverged, started)
     metrics["stopped_early"] = stopped
+    metrics.update(fit_confidence(cfg, data, model, device, precision, phases, final["logits"].numpy(),
+                                  torch.cat(val_features).numpy(), out_dir))
     _write_predictions(out_dir / "predictions.csv", scan, final["probs"], final["labels"])
     atomic_write_text(out_dir / "metrics.json", json.dumps(metrics, indent=2))
     report.message(f"val_accuracy {metrics['val_accuracy']:.4f} (best epoch {metrics['best_epoch']}, "

@@ -82,4 +82,4 @@ def evaluate(model: nn.Module, loader: Iterable, device: torch.device, channels_
     probs = logits.softmax(1)
     return {"val_loss": metrics.log_loss(labels.numpy(), probs.numpy()),
             "val_accuracy": metrics.accuracy(labels.numpy(), probs.argmax(1).numpy()), "probs": probs,
-            "labels": labels}
+            "labels": labels, "logits": logits}

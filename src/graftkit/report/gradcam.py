@@ -58,6 +58,22 @@ def _center_crop(square: np.ndarray, size: int) -> np.ndarray:
     return square[top:top + size, left:left + size]
 
 
+def explain_square(classifier: Any, square: np.ndarray, class_indices: Sequence[int]) -> tuple[np.ndarray, np.ndarray]:
+    """Grad-CAM of a decoded ``(S, S, 3)`` uint8 square for each class in ``class_indices``.
+
+    Args:
+        classifier: a loaded :class:`graftkit.predict.ImageClassifier`.
+
+    Returns:
+        the centre crop the model saw (``(image_size, image_size, 3)`` uint8) and the maps
+        (``(len(class_indices), image_size, image_size)``, in [0, 1]) covering exactly that crop.
+    """
+    tensor = classifier.transform(torch.from_numpy(square).permute(2, 0, 1))[None]
+    maps = grad_cam(classifier.model, tensor.expand(len(class_indices), -1, -1, -1).to(classifier.device),
+                    list(class_indices)).numpy()
+    return _center_crop(square, classifier.image_size), maps
+
+
 def explain_images(run_dir: str | Path, rows: Sequence[dict[str, Any]], size: int = 160) -> list[dict[str, Any]]:
     """For predictions.csv rows: the model's input crop and Grad-CAM overlays for the predicted and
     the true class, as PIL images (``None`` entries where an image can no longer be read).
@@ -81,10 +97,7 @@ def explain_images(run_dir: str | Path, rows: Sequence[dict[str, Any]], size: in
         except Exception:  # unreadable now, or a class the model does not know (an edited file)
             out.append({"row": row, "input": None, "predicted": None, "true": None})
             continue
-        tensor = classifier.transform(torch.from_numpy(square).permute(2, 0, 1))[None]
-        crop = _center_crop(square, classifier.image_size)
-        # (2, image_size, image_size): the maps cover exactly the centre crop the model saw
-        maps = grad_cam(classifier.model, tensor.expand(2, -1, -1, -1).to(classifier.device), wanted).numpy()
+        crop, maps = explain_square(classifier, square, wanted)
         shown = lambda img: img.resize((size, size), Image.BILINEAR)  # noqa: E731
         out.append({"row": row, "input": shown(Image.fromarray(crop)),
                     "predicted": shown(overlay_heatmap(crop, maps[0])),

@@ -315,6 +315,23 @@ def metrics_section(run: RunFiles) -> str:
     return section("Final metrics", body, "metrics")
 
 
+def calibration_section(run: RunFiles) -> str:
+    """The reliability diagram and ECE/NLL before and after the temperature (from metrics.json)."""
+    c = run.metrics.get("calibration")
+    if not c or "reliability_before" not in c or "reliability_after" not in c:
+        return ""
+    rows = [("temperature", f"{c.get('temperature', 1.0):.3f}"),
+            ("ECE before → after", f"{c.get('ece_before', 0):.4f} → {c.get('ece_after', 0):.4f}"),
+            ("NLL before → after", f"{c.get('nll_before', 0):.4f} → {c.get('nll_after', 0):.4f}")]
+    png = plots.reliability_png(c["reliability_before"], c["reliability_after"], int(c.get("bins", 15)))
+    return section("Calibration", figure(png, "reliability diagram") + table(["", "value"], rows) +
+                   f'<p class="note">Predicted probabilities are divided by a temperature fitted on the validation '
+                   f"images at the end of training. The figures after it are {esc(c.get('scored', 'cross-fitted'))}: "
+                   f"each image is scored with a temperature fitted on the other folds. ECE: mean |accuracy − "
+                   f"confidence| over 15 equal-width bins of the max probability, weighted by their counts.</p>",
+                   "calibration")
+
+
 # ----------------------------------------------------------------------------- the two reports
 
 
@@ -336,7 +353,7 @@ def render_run_report(run_dir: str | Path, out: str | Path | None = None, worst:
                      '<p class="note">Dashed: training (with augmentation, dropout and label smoothing in the '
                      "loss), solid: validation. Dotted lines mark a new phase. Top: per epoch; bottom: against "
                      "wall-clock seconds since the run started.</p>", "curves")
-    sections = [curves, metrics_section(run), per_class_section(run), worst_section(run, worst),
+    sections = [curves, metrics_section(run), calibration_section(run), per_class_section(run), worst_section(run, worst),
                 gradcam_section(run, gradcam), freeze_auto_section(run), lr_find_section(run), data_section(run),
                 config_section(run.config, metrics=run.metrics)]
     text = page(title, subtitle, summary, [s for s in sections if s], f"graft report {run_dir}")

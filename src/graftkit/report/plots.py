@@ -243,3 +243,25 @@ def freeze_auto_png(rows: Sequence[dict[str, Any]], chosen: int | None = None) -
     twin.set_ylabel("seconds (the part that differs)", color="#d1495b")
     twin.set_ylim(0, 1.15 * max([r["seconds"] for r in rows] + [1e-3]))
     return _png(fig)
+
+
+def reliability_png(before: dict[str, list], after: dict[str, list], bins: int = 15) -> bytes:
+    """Reliability diagram: accuracy against mean confidence per bin of the max probability, before
+    and after temperature scaling, with the image count per bin underneath."""
+    fig = _figure(6.4, 4.6)
+    ax, counts = fig.subplots(2, 1, sharex=True, gridspec_kw={"height_ratios": [3, 1]})
+    ax.plot([0, 1], [0, 1], color="#888888", linestyle=":", linewidth=1.2, label="perfectly calibrated")
+    edges = np.linspace(0, 1, bins + 1)
+    for table, colour, name in ((before, "#d1495b", "before (T = 1)"), (after, "#2e86ab", "after (cross-fitted T)")):
+        points = [(c, a) for c, a in zip(table["confidence"], table["accuracy"]) if c is not None]
+        if points:
+            ax.plot(*zip(*points), marker="o", color=colour, linewidth=1.8, label=name)
+    width = (edges[1] - edges[0]) / 2.2
+    counts.bar(edges[:-1] + width * 0.1, before["count"], width=width, align="edge", color="#d1495b", alpha=0.7)
+    counts.bar(edges[:-1] + width * 1.1, after["count"], width=width, align="edge", color="#2e86ab", alpha=0.7)
+    _style(ax, "reliability (validation images)", "", "accuracy")
+    _style(counts, "", "confidence (max probability)", "images")
+    ax.set_xlim(0, 1)
+    ax.set_ylim(0, 1.02)
+    ax.legend(loc="upper left", fontsize=8, frameon=False)
+    return _png(fig)

@@ -166,4 +166,6 @@ class RunPredictor:
                                    eval_batch_size(device))
             with fold_frozen_batchnorm(model, enabled=cfg.fold_bn):
                 logits, _ = predict_logits(model, batches, device, cfg.channels_last, autocast)
-        return logits.float().softmax(1).cpu().numpy()
+        # calibrated, as graftkit.load(run).predict_proba: the threshold means the same on both paths
+        temperature = float(self.run.metrics.get("calibration", {}).get("temperature", 1.0))
+        return (logits.float() / temperature).softmax(1).cpu().numpy()

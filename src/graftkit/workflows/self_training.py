@@ -26,10 +26,12 @@ from ..engine import Run, fit
 from ..engine.prepare import scan_and_decode
 from ..errors import ConfigError
 from ..fileio import atomic_write_text
+from ..ood import OOD_FILE
 from ..semi.pseudo_label import PseudoLabelling, RunPredictor, class_caps, pseudo_label, with_extra_train
 
-RUN_FILES = ("config.json", "history.jsonl", "metrics.json", "model.safetensors", "model.json",
-             "predictions.csv", "augmentations.jpg", "augmentations.png", "skipped.csv", "duplicates.txt", "label_conflicts.csv")
+RUN_FILES = ("config.json", "history.jsonl", "metrics.json", "model.safetensors", "model.json", OOD_FILE,
+             "predictions.csv", "augmentations.jpg", "augmentations.png", "skipped.csv", "duplicates.txt",
+             "label_conflicts.csv")
 
 
 @dataclass(frozen=True)
