@@ -137,7 +137,7 @@ def run_all(blocks: list[Block], workdir: Path) -> int:
                   f"{result.returncode} after {seconds:.1f}s; its output (last 40 lines):\n{tail}\n"
                   f"(stopped here: later blocks build on this one; folder: {workdir})")
             return 1
-        print(f"ok  {number}/{len(runs)}  README.md:{block.line:<4} {seconds:6.1f}s  {block.first_line}")
+        print(f"ok  {number}/{len(runs)}  README.md:{block.line:<4} {seconds:6.1f}s  {block.first_line}", flush=True)
     skipped = len([b for b in blocks if b.tag == "no-run"])
     print(f"README: {len(runs)} blocks ran in {time.monotonic() - started:.0f}s; {skipped} tagged no-run")
     return 0
