@@ -29,6 +29,7 @@ from .runtime import autocast_for, seed_everything
 
 FOLDS = 5
 PROBE_C = 0.1  # L2 strength of the probes on standardised features: softer, better-calibrated probabilities
+MAX_AUTO_IMAGES = 20_000  # after training, more images than this: the probes would take minutes, so not by default
 CSV_NAME = "label_issues.csv"
 INSTALL_HINT = 'pip install "graftkit[labels]"'
 METHOD = (f"{FOLDS}-fold stratified logistic-regression probes on the pretrained backbone's pooled features "
@@ -194,6 +195,10 @@ def check_run_label_issues(cfg: TrainConfig, out_dir: Path) -> str:
         return f"label issues: not checked (this run has no pretrained features); {instead}"
     if not cfg.cache:
         return f"label issues: not checked (--no-cache kept no features); {instead}"
+    num_images = _num_images(out_dir)
+    if num_images > MAX_AUTO_IMAGES:
+        return (f"label issues: not checked after training ({num_images} images, more than {MAX_AUTO_IMAGES}: "
+                f"the probes take minutes); {instead}")
     hint = cleanlab_missing()
     if hint:
         return f"label issues: not checked; {hint}"
@@ -204,3 +209,13 @@ def check_run_label_issues(cfg: TrainConfig, out_dir: Path) -> str:
     if result is None:
         return f"label issues: not checked (this run did not cache the pooled features); {instead}"
     return summary_line(result, write_label_issues(out_dir, result))
+
+
+def _num_images(out_dir: Path) -> int:
+    import json
+
+    try:
+        metrics = json.loads((Path(out_dir) / "metrics.json").read_text())
+        return int(metrics.get("num_train", 0)) + int(metrics.get("num_val", 0))
+    except (OSError, ValueError, TypeError, AttributeError):
+        return 0
