@@ -8,6 +8,7 @@ order to try them. ``graft train`` prints the findings at its end, ``report.html
 from __future__ import annotations
 
 from dataclasses import dataclass, field
+from pathlib import Path
 from typing import Any, Callable
 
 from .runfiles import RunFiles
@@ -130,7 +131,7 @@ def low_recall_classes(run: RunFiles) -> list[Finding]:
                   if r["label"] == cls and r["predicted"] != cls]
         right = round(m["recall"] * m["support"])
         count = train_counts.get(cls)
-        findings.append(Finding(
+        findings.append((m["recall"], Finding(
             "low-recall", "high" if m["recall"] < 0.5 else "medium", f"Class '{cls}' is often missed",
             f"recall {_pct(m['recall'])} ({right} of {m['support']} validation images right) against "
             f"{_pct(accuracy)} overall; most often taken for '{classes[confused]}' ({matrix[i][confused]}x)"
@@ -139,8 +140,8 @@ def low_recall_classes(run: RunFiles) -> list[Finding]:
              f"add training images of '{cls}', like the missed ones",
              "fix the labels listed under 'Likely label errors' (graft check-data DATA --label-issues)",
              "--augment strong"),
-            tuple(missed[:8])))
-    return sorted(findings, key=lambda f: f.seen)[:3]
+            tuple(missed[:8]))))
+    return [finding for _, finding in sorted(findings, key=lambda pair: pair[0])[:3]]  # the weakest 3
 
 
 def few_images(run: RunFiles) -> Finding | None:
@@ -172,7 +173,7 @@ def likely_label_errors(run: RunFiles) -> Finding | None:
     return Finding(
         "label-issues", "medium" if len(rows) >= 3 or in_val else "low", "Likely label errors",
         f"{len(rows)} of {checked or '?'} images{share} look mislabelled ({in_val} in validation); the most "
-        f"suspicious: '{first['path'].rsplit('/', 1)[-1]}' labelled '{first['given_label']}', looks like "
+        f"suspicious: '{Path(first['path']).name}' labelled '{first['given_label']}', looks like "
         f"'{first['suggested_label']}'.",
         ("look at them (label_issues.csv, thumbnails below); move the wrong ones to their class, delete "
          "the ambiguous ones, and retrain",
