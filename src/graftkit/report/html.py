@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import html
 import json
+import re
 from datetime import datetime
 from pathlib import Path
 from typing import Any, Iterable, Sequence
@@ -195,11 +196,13 @@ def diagnosis_section(run: RunFiles) -> str:
 
 
 def _step_html(step: str) -> str:
-    """A remedy, its command or flags (the part before ': ' or ' (') as code."""
-    if not step.startswith(("--", "graft ")):
-        return esc(step)
-    cut = min((i for i in (step.find(": "), step.find(" (")) if i > 0), default=len(step))
-    return f"<code>{esc(step[:cut])}</code>{esc(step[cut:])}"
+    """A remedy with its flags as code; one that starts with a command or flags shows that part (up to
+    ': ' or ' (') as code."""
+    cut = 0
+    if step.startswith(("--", "graft ")):
+        cut = min((i for i in (step.find(": "), step.find(" (")) if i > 0), default=len(step))
+    rest = re.sub(r"(--[a-z][a-z-]*)", r"<code>\1</code>", esc(step[cut:]))
+    return (f"<code>{esc(step[:cut])}</code>" if cut else "") + rest
 
 
 def label_issues_section(run: RunFiles, count: int = 24) -> str:
