@@ -57,7 +57,7 @@ def check_data(ctx: typer.Context, data_dir: Path,
                skip_bad_images: bool = typer.Option(False, help="Report unreadable images but do not fail."),
                label_issues: bool = typer.Option(False, "--label-issues", help="Also rank likely mislabelled "
                                                  "images (k-fold linear probes on the backbone's cached features + "
-                                                 "cleanlab; graftkit[labels]) into label_issues.csv."),
+                                                 "cleanlab, the 'labels' extra) into label_issues.csv."),
                top: Optional[int] = typer.Option(None, help="--label-issues: how many to print (default 20)."),
                out: Optional[Path] = typer.Option(None, "--out", help="--label-issues: new folder for "
                                                   "label_issues.csv (default runs/<time>-label-issues)."),
