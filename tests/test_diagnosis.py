@@ -126,7 +126,8 @@ def test_too_few_images_per_class(tmp_path):
 def test_likely_label_errors_from_label_issues_csv(tmp_path):
     issues = [[1, "/data/train/ants/12.jpg", "train", "ants", "bees", "0.010000"],
               [2, "/data/val/bees/3.jpg", "val", "bees", "ants", "0.020000"]]
-    found = rules(write_run(tmp_path / "run", label_issues=issues))["label-issues"]
+    found = rules(write_run(tmp_path / "run", config={"data_dir": "/photos"}, label_issues=issues))["label-issues"]
+    assert found.try_next[1].startswith("graft check-data /photos --label-issues")  # a command to copy
     assert "2 of 260 images" in found.seen and "(1 in validation)" in found.seen
     assert "'12.jpg' labelled 'ants', looks like 'bees'" in found.seen
     assert found.images == ("/data/train/ants/12.jpg", "/data/val/bees/3.jpg")

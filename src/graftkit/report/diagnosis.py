@@ -43,6 +43,12 @@ def _pct(value: float) -> str:
     return f"{100 * value:.1f} %"
 
 
+def _data(run: RunFiles) -> str:
+    """The run's data folder, for commands to copy (quoted when it holds a space)."""
+    data = str(run.config.get("data_dir") or "DATA")
+    return f"'{data}'" if " " in data else data
+
+
 def _epochs_flag(run: RunFiles) -> str:
     return "--finetune-epochs" if run.strategy == "fine-tune" else "--epochs"
 
@@ -138,7 +144,7 @@ def low_recall_classes(run: RunFiles) -> list[Finding]:
             + (f"; it has {count} training images" if count is not None else "") + ".",
             (f"look at its missed images (below): wrong labels, or views the training images lack?",
              f"add training images of '{cls}', like the missed ones",
-             "fix the labels listed under 'Likely label errors' (graft check-data DATA --label-issues)",
+             f"fix the labels listed under 'Likely label errors' (graft check-data {_data(run)} --label-issues)",
              "--augment strong"),
             tuple(missed[:8]))))
     return [finding for _, finding in sorted(findings, key=lambda pair: pair[0])[:3]]  # the weakest 3
@@ -159,7 +165,7 @@ def few_images(run: RunFiles) -> Finding | None:
         (f"add labelled images: {FEW_IMAGES}-50 or more per class",
          "--strategy feature-extraction: fewer weights to fit on few images",
          "unlabelled photos of these classes: --pseudo-label --unlabeled DIR",
-         "graft label-efficiency DATA: how accuracy grows with images per class"))
+         f"graft label-efficiency {_data(run)}: how accuracy grows with images per class"))
 
 
 def likely_label_errors(run: RunFiles) -> Finding | None:
@@ -177,7 +183,7 @@ def likely_label_errors(run: RunFiles) -> Finding | None:
         f"'{first['suggested_label']}'.",
         ("look at them (label_issues.csv, thumbnails below); move the wrong ones to their class, delete "
          "the ambiguous ones, and retrain",
-         "graft check-data DATA --label-issues lists them again after the fix"),
+         f"graft check-data {_data(run)} --label-issues: the list again after the fix"),
         tuple(r["path"] for r in rows[:8]))
 
 
