@@ -93,10 +93,15 @@ def test_train_far_above_val_is_overfitting(tmp_path):
     assert any("--pseudo-label" in step for step in found.try_next)
 
 
-def test_overfitting_with_strong_augment_suggests_mixup(tmp_path):
+def test_overfitting_remedies_follow_the_augmentation_in_use(tmp_path):
     history = [*HEALTHY[:3], _epoch(4, "finetune", 0.99, 0.80, 0.05, 0.26)]
     found = rules(write_run(tmp_path / "run", history, config={"augment": "strong"}))["overfitting"]
     assert found.try_next[0].startswith("--mixup 0.2")
+    # feature extraction trains on cached crops: augmentation reaches it only through cached views
+    history = [_epoch(e, "head", 0.99, 0.80, 0.05, 0.26) for e in (1, 2, 3)]
+    extraction = {"strategy": "feature-extraction"}
+    found = rules(write_run(tmp_path / "fe", history, metrics=extraction, config=extraction))["overfitting"]
+    assert found.try_next[0].startswith("--augment strong --cache-views 4 (now light, 1 view(s))")
 
 
 def test_val_loss_rising_while_train_loss_falls(tmp_path):

@@ -49,6 +49,19 @@ def _data(run: RunFiles) -> str:
     return f"'{data}'" if " " in data else data
 
 
+def _augment_remedy(run: RunFiles) -> str:
+    """More augmentation, in the form the run's strategy uses it."""
+    augment, views = str(run.config.get("augment", "light")), int(run.config.get("cache_views", 1) or 1)
+    if run.strategy == "feature-extraction":  # trains on cached crops: augmentation only via cached views
+        if augment != "strong" or views < 2:
+            return (f"--augment strong --cache-views 4 (now {augment}, {views} view(s)): feature extraction "
+                    f"sees augmentation only through cached views")
+        return f"--cache-views {2 * views}: more augmented views per image"
+    if augment != "strong":
+        return f"--augment strong (now {augment})"
+    return "--mixup 0.2 or --cutmix 1.0 (augment is already strong)"
+
+
 def _epochs_flag(run: RunFiles) -> str:
     return "--finetune-epochs" if run.strategy == "fine-tune" else "--epochs"
 
@@ -84,10 +97,8 @@ def overfitting(run: RunFiles) -> Finding | None:
     gap = last["train_accuracy"] - last["val_accuracy"]
     if gap < OVERFIT_GAP:
         return None
-    augment = str(run.config.get("augment", "light"))
     smoothing = float(run.config.get("label_smoothing", 0.1))
-    remedies = ["--augment strong (now " + augment + ")" if augment != "strong" else
-                "--mixup 0.2 or --cutmix 1.0 (augment is already strong)",
+    remedies = [_augment_remedy(run),
                 f"fewer epochs ({_epochs_flag(run)}): the best epoch was {run.metrics.get('best_epoch')} "
                 f"of {len(run.history)}"]
     if smoothing < 0.2:
@@ -117,7 +128,7 @@ def val_loss_rising(run: RunFiles) -> Finding | None:
         f"(epoch {last['epoch']}) while training loss fell from {low['train_loss']:.3f} to "
         f"{last['train_loss']:.3f}: the model grows over-confident on what it gets wrong.",
         (f"stop earlier: {_epochs_flag(run)} so that training ends near epoch {low['epoch']}",
-         f"a lower {lr_flag}", "--augment strong"))
+         f"a lower {lr_flag}", _augment_remedy(run)))
 
 
 def low_recall_classes(run: RunFiles) -> list[Finding]:
@@ -145,7 +156,7 @@ def low_recall_classes(run: RunFiles) -> list[Finding]:
             (f"look at its missed images (below): wrong labels, or views the training images lack?",
              f"add training images of '{cls}', like the missed ones",
              f"fix the labels listed under 'Likely label errors' (graft check-data {_data(run)} --label-issues)",
-             "--augment strong"),
+             _augment_remedy(run)),
             tuple(missed[:8]))))
     return [finding for _, finding in sorted(findings, key=lambda pair: pair[0])[:3]]  # the weakest 3
 
