@@ -9,6 +9,7 @@ import numpy as np
 import pytest
 
 from graftkit import TrainConfig
+from graftkit.engine import label_issues
 from graftkit.engine.label_issues import (INSTALL_HINT, check_run_label_issues, find_label_issues,
                                           out_of_sample_probabilities, rank_label_issues)
 
@@ -114,7 +115,7 @@ def test_without_cleanlab_training_still_works_and_says_what_to_install(class_fo
     assert (tmp_path / "run" / "metrics.json").is_file() and not (tmp_path / "run" / "label_issues.csv").exists()
 
 
-def test_training_writes_label_issues_from_the_features_it_cached(flipped_folder, tmp_path):
+def test_training_writes_label_issues_from_the_features_it_cached(flipped_folder, tmp_path, monkeypatch):
     from graftkit.workflows.freeze_auto import train_run
 
     root, flipped = flipped_folder
@@ -131,3 +132,5 @@ def test_training_writes_label_issues_from_the_features_it_cached(flipped_folder
     other_cache = cfg.replace(cache_dir=tmp_path / "empty-cache")
     assert "did not cache the pooled features" in check_run_label_issues(other_cache, tmp_path / "x")
     assert not (tmp_path / "x").exists()
+    monkeypatch.setattr(label_issues, "MAX_AUTO_WORK", 48 * 3 - 1)  # 48 images x 3 classes: one too many
+    assert "not checked after training (48 images x 3 classes" in check_run_label_issues(cfg, run.out_dir)
