@@ -70,6 +70,12 @@ TINY = dict(backbone="tiny_cnn", image_size=32, epochs=2, head_epochs=1, finetun
             batch_size=8, device="cpu", progress="none", num_workers=0)
 
 
+def tiny_flags(strategy: str = "fine-tune") -> list[str]:
+    """TINY as `graft train` flags for ``strategy`` (the phase epochs only where that strategy uses them)."""
+    skip = {"progress"} | ({"epochs"} if strategy == "fine-tune" else {"head_epochs", "finetune_epochs"})
+    return [f"--{k.replace('_', '-')}={v}" for k, v in TINY.items() if k not in skip]
+
+
 def graft(*args: str, cwd: Path | None = None) -> subprocess.CompletedProcess:
     """Run ``graft ARGS`` in this process through the console entry point (``graftkit.cli.main``):
     exit code, stdout and stderr as a user sees them, without paying a new interpreter importing

@@ -51,11 +51,24 @@ def backbones() -> None:
 
 
 @app.command("check-data")
-def check_data(data_dir: Path,
+def check_data(ctx: typer.Context, data_dir: Path,
                val_fraction: float = typer.Option(_D["val_fraction"], help="Held out per class when there is no val/."),
                seed: int = typer.Option(_D["seed"], help="Seeds the split."),
-               skip_bad_images: bool = typer.Option(False, help="Report unreadable images but do not fail.")) -> None:
+               skip_bad_images: bool = typer.Option(False, help="Report unreadable images but do not fail."),
+               label_issues: bool = typer.Option(False, "--label-issues", help="Also rank likely mislabelled "
+                                                 "images (k-fold linear probes on the backbone's cached features + "
+                                                 "cleanlab, the 'labels' extra) into label_issues.csv."),
+               top: Optional[int] = typer.Option(None, help="--label-issues: how many to print (default 20)."),
+               out: Optional[Path] = typer.Option(None, "--out", help="--label-issues: new folder for "
+                                                  "label_issues.csv (default runs/<time>-label-issues)."),
+               backbone: opt.Backbone = _D["backbone"],
+               device: opt.Device = _D["device"],
+               cache_dir: opt.CacheDir = None) -> None:
     """Scan DATA_DIR as training would: classes, counts, and every problem with a fix."""
+    from . import cli_diagnosis
+
+    if not label_issues:
+        cli_diagnosis.refuse_options_without_label_issues(ctx)
     from .data import scan_data
     from .data.conflicts import find_label_conflicts, label_conflicts_warning
     from .data.decoded import content_key
@@ -80,6 +93,9 @@ def check_data(data_dir: Path,
     if conflicts:
         typer.echo(f"warning: {label_conflicts_warning(conflicts, scan.classes, 'the lines above')}")
     typer.echo("ok" if not scan.bad else f"usable with --skip-bad-images ({len(scan.bad)} bad files)")
+    if label_issues:
+        cli_diagnosis.check_label_issues(data_dir, val_fraction, seed, skip_bad_images, top, out, backbone, device,
+                                         cache_dir)
 
 
 # What --resume may change: how the run goes on, not what it computes (--device: to rounding only).
@@ -206,8 +222,7 @@ def train(
             typer.echo(cfg.to_json())
             return
         run = train_run(cfg)
-        if quiet:
-            typer.echo(f"val_accuracy {run.metrics['val_accuracy']:.4f} → {run.out_dir}")
+        _after_training(run, quiet)
         return
     if data_dir is None:
         raise GraftError("train needs DATA_DIR (or --resume RUN_DIR). See 'graft train --help'.")
@@ -250,8 +265,16 @@ def train(
         typer.echo(f"lr-find: {save_lr_find(result, cfg.out_dir, data_dir, cfg.strategy)}")
         cfg = cfg.replace(lr=float(f"{result.suggestion:.1e}"))
     run = train_run(cfg, scan=scan)
+    _after_training(run, quiet)
+
+
+def _after_training(run, quiet: bool) -> None:
     if quiet:
         typer.echo(f"val_accuracy {run.metrics['val_accuracy']:.4f} → {run.out_dir}")
+    else:
+        from .cli_diagnosis import print_run_diagnosis
+
+        print_run_diagnosis(run.out_dir)
 
 
 @app.command()

@@ -228,6 +228,7 @@ HISTORY_SCHEMA: Schema = {
 COMPARE_SCHEMA: Schema = {"strategies": ("an object {strategy: summary}", is_dict, False)}
 
 PREDICTION_COLUMNS = ("path", "label", "predicted", "confidence", "true_class_probability")
+LABEL_ISSUE_COLUMNS = ("rank", "path", "split", "given_label", "suggested_label", "label_quality")
 
 FREEZE_AUTO_SCHEMA: Schema = {
     "candidates": ("a list of {label, depth, val_accuracy, seconds}",

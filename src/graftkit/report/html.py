@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import html
 import json
+import re
 from datetime import datetime
 from pathlib import Path
 from typing import Any, Iterable, Sequence
@@ -12,6 +13,7 @@ from .._version import __version__
 from . import plots
 from .images import jpeg_uri, png_uri, thumbnail
 from .runfiles import RunFiles, find_compare_runs, load_run
+from .diagnosis import diagnose
 from .summary import per_class_metrics, summarize_comparison, worst_predictions
 
 CSS = """
@@ -57,6 +59,16 @@ figcaption { font-size: 12px; margin-top: 4px; line-height: 1.35; word-break: br
 code, pre { font-family: ui-monospace, Menlo, Consolas, monospace; font-size: 13px; }
 pre { background: var(--bg); padding: 10px; border-radius: 6px; overflow-x: auto; }
 details summary { cursor: pointer; color: var(--accent); }
+.finding { border-left: 4px solid var(--accent); padding: 2px 0 2px 14px; margin: 12px 0; }
+.finding.high { border-color: var(--bad); }
+.finding.medium { border-color: #e8a33d; }
+.finding h3 { margin: 0 0 2px; }
+.finding p, .finding ol { margin: 2px 0; }
+.finding ol { padding-left: 22px; }
+.badge { font-size: 11px; font-weight: 600; text-transform: uppercase; letter-spacing: .04em; color: var(--muted);
+         margin-right: 6px; }
+.strip { display: flex; flex-wrap: wrap; gap: 6px; margin-top: 6px; }
+.strip img, .strip .missing { width: 80px; height: 80px; border-radius: 4px; font-size: 10px; }
 footer { color: var(--muted); font-size: 12px; text-align: center; margin-top: 24px; }
 """
 
@@ -137,23 +149,76 @@ def per_class_section(run: RunFiles, title: str = "Per-class precision and recal
     return section(title, f'<div class="side"><div>{left}{note}</div><div>{right}</div></div>', "per-class")
 
 
+def picture(path: str, size: int = 160) -> str:
+    """An image file as an embedded thumbnail, or a grey square saying it is gone."""
+    image = thumbnail(path, size)
+    return (f'<img src="{jpeg_uri(image)}" alt="{esc(Path(path).name)}">' if image is not None
+            else '<div class="missing">image not found</div>')
+
+
 def worst_section(run: RunFiles, count: int = 12, title: str = "Worst-classified validation images") -> str:
     if not run.predictions:
         return section(title, "<p>No predictions.csv in the run folder.</p>")
     items = []
     for row in worst_predictions(run.predictions, count):
-        image = thumbnail(row["path"])
-        picture = (f'<img src="{jpeg_uri(image)}" alt="{esc(Path(row["path"]).name)}">' if image is not None
-                   else '<div class="missing">image not found</div>')
+        picture_html = picture(row["path"])
         verdict = "right" if row["label"] == row["predicted"] else "wrong"
         items.append(
-            f"<figure>{picture}<figcaption>true <b>{esc(row['label'])}</b><br>"
+            f"<figure>{picture_html}<figcaption>true <b>{esc(row['label'])}</b><br>"
             f'predicted <span class="{verdict}">{esc(row["predicted"])}</span> ({pct(row["confidence"])})<br>'
             f"p(true) {pct(row['true_class_probability'])}<br><small>{esc(Path(row['path']).name)}</small>"
             f"</figcaption></figure>")
     note = (f'<p class="note">The {len(items)} validation images with the lowest probability for their true '
             f"class (from predictions.csv), worst first; confidence is the predicted class's probability.</p>")
     return section(title, f'<div class="grid">{"".join(items)}</div>{note}', "worst")
+
+
+def diagnosis_section(run: RunFiles) -> str:
+    """The findings of :func:`graftkit.report.diagnosis.diagnose`: what was seen, what to try, in order."""
+    findings = diagnose(run)
+    if not findings:
+        return section("Diagnosis: what to fix", "<p>Nothing to fix found: no overfitting, rising validation "
+                       "loss, weak class, small data or likely label error in this run's files.</p>", "diagnosis")
+    blocks = []
+    for f in findings:
+        steps = "".join(f"<li>{_step_html(step)}</li>" for step in f.try_next)
+        strip = ""
+        if f.images:
+            link = (' <a href="#label-issues">all of them below</a>' if f.rule == "label-issues" else "")
+            strip = (f'<div class="strip">{"".join(picture(p, 80) for p in f.images)}</div>'
+                     f'<p class="note">{esc(", ".join(Path(p).name for p in f.images))}{link}</p>')
+        blocks.append(f'<div class="finding {esc(f.severity)}"><h3><span class="badge">{esc(f.severity)}</span>'
+                      f"{esc(f.title)}</h3><p>{esc(f.seen)}</p><p><b>Try, in order:</b></p><ol>{steps}</ol>"
+                      f"{strip}</div>")
+    note = ('<p class="note">Read from this run\'s files (history.jsonl, metrics.json, predictions.csv, '
+            "config.json, label_issues.csv); see docs/diagnosis.md for each rule.</p>")
+    return section("Diagnosis: what to fix", "".join(blocks) + note, "diagnosis")
+
+
+def _step_html(step: str) -> str:
+    """A remedy with its flags as code; one that starts with a command or flags shows that part (up to
+    ': ' or ' (') as code."""
+    cut = 0
+    if step.startswith(("--", "graft ")):
+        cut = min((i for i in (step.find(": "), step.find(" (")) if i > 0), default=len(step))
+    rest = re.sub(r"(--[a-z][a-z-]*)", r"<code>\1</code>", esc(step[cut:]))
+    return (f"<code>{esc(step[:cut])}</code>" if cut else "") + rest
+
+
+def label_issues_section(run: RunFiles, count: int = 24) -> str:
+    if not run.label_issues:
+        return ""
+    items = []
+    for row in run.label_issues[:count]:
+        items.append(f"<figure>{picture(row['path'])}<figcaption>#{esc(row['rank'])} labelled "
+                     f"<b>{esc(row['given_label'])}</b><br>looks like <span class=\"wrong\">"
+                     f"{esc(row['suggested_label'])}</span><br>quality {float(row['label_quality']):.3f} · "
+                     f"{esc(row['split'])}<br><small>{esc(Path(row['path']).name)}</small></figcaption></figure>")
+    note = (f'<p class="note">{len(run.label_issues)} images whose given label out-of-sample linear probes on the '
+            f"pretrained features find unlikely (cleanlab's confident learning), most suspicious first; the "
+            f"first {len(items)} shown. All are in label_issues.csv.</p>")
+    return section(f"Likely label errors ({len(run.label_issues)})", f'<div class="grid">{"".join(items)}</div>{note}',
+                   "label-issues")
 
 
 def gradcam_section(run: RunFiles, count: int = 4) -> str:
@@ -353,8 +418,9 @@ def render_run_report(run_dir: str | Path, out: str | Path | None = None, worst:
                      '<p class="note">Dashed: training (with augmentation, dropout and label smoothing in the '
                      "loss), solid: validation. Dotted lines mark a new phase. Top: per epoch; bottom: against "
                      "wall-clock seconds since the run started.</p>", "curves")
-    sections = [curves, metrics_section(run), calibration_section(run), per_class_section(run), worst_section(run, worst),
-                gradcam_section(run, gradcam), freeze_auto_section(run), lr_find_section(run), data_section(run),
+    sections = [diagnosis_section(run), curves, metrics_section(run), calibration_section(run), per_class_section(run),
+                worst_section(run, worst), label_issues_section(run), gradcam_section(run, gradcam),
+                freeze_auto_section(run), lr_find_section(run), data_section(run),
                 config_section(run.config, metrics=run.metrics)]
     text = page(title, subtitle, summary, [s for s in sections if s], f"graft report {run_dir}")
     path = Path(out) if out is not None else run.run_dir / "report.html"

@@ -8,8 +8,8 @@ from pathlib import Path
 from typing import Any
 
 from ..errors import ConfigError
-from ..runfiles_schema import (COMPARE_SCHEMA, FREEZE_AUTO_SCHEMA, HISTORY_SCHEMA, LR_FIND_SCHEMA,
-                               METRICS_SCHEMA, Schema, check_report_file, parse_prediction_row)
+from ..runfiles_schema import (COMPARE_SCHEMA, FREEZE_AUTO_SCHEMA, HISTORY_SCHEMA, LABEL_ISSUE_COLUMNS,
+                               LR_FIND_SCHEMA, METRICS_SCHEMA, Schema, check_report_file, parse_prediction_row)
 
 
 @dataclass
@@ -28,6 +28,7 @@ class RunFiles:
     skipped: list[tuple[str, str]] = field(default_factory=list)
     duplicates: list[str] = field(default_factory=list)
     label_conflicts: list[tuple[str, str, str]] = field(default_factory=list)  # (group, class, path)
+    label_issues: list[dict[str, str]] = field(default_factory=list)  # label_issues.csv rows, rank order
     freeze_auto: dict[str, Any] | None = None
     lr_find: dict[str, Any] | None = None
     resources: dict[str, Any] | None = None
@@ -133,12 +134,14 @@ def load_run(run_dir: str | Path) -> RunFiles:
                 path, _, reason = line.partition("\t")
                 skipped.append((path, reason))
     label_conflicts = [(g, c, p) for g, c, p in _read_csv(run_dir / "label_conflicts.csv", ["group", "class", "path"])]
+    label_issues = [dict(zip(LABEL_ISSUE_COLUMNS, row))
+                    for row in _read_csv(run_dir / "label_issues.csv", list(LABEL_ISSUE_COLUMNS))]
     duplicates = []
     if (run_dir / "duplicates.txt").is_file():
         duplicates = [line for line in (run_dir / "duplicates.txt").read_text().splitlines() if line.strip()]
     return RunFiles(run_dir=run_dir, config=_read_json(run_dir / "config.json", {}) or {}, metrics=metrics,
                     history=history, predictions=predictions, skipped=skipped, duplicates=duplicates,
-                    label_conflicts=label_conflicts,
+                    label_conflicts=label_conflicts, label_issues=label_issues,
                     freeze_auto=_read_json(run_dir / "freeze_auto.json", FREEZE_AUTO_SCHEMA),
                     lr_find=_read_json(run_dir / "lr_find.json", LR_FIND_SCHEMA),
                     resources=_read_json(run_dir / "resources.json"))

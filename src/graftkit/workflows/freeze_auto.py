@@ -170,9 +170,13 @@ def fit_auto_freeze(cfg: TrainConfig, scan: Any = None, depths: Sequence[int] | 
 
 def train_run(cfg: TrainConfig, scan: Any = None):
     """What ``graft train`` and ``graftkit.train`` run: :func:`fit_auto_freeze` with
-    ``cfg.freeze_auto``, else one :func:`graftkit.engine.fit`."""
-    if cfg.freeze_auto:
-        return fit_auto_freeze(cfg, scan)
+    ``cfg.freeze_auto``, else one :func:`graftkit.engine.fit`; then, where the run cached the
+    pretrained features, the likely label errors (``label_issues.csv``, seconds)."""
     from ..engine.fit import fit
+    from ..engine.label_issues import check_run_label_issues
 
-    return fit(cfg, scan=scan)
+    run = fit_auto_freeze(cfg, scan) if cfg.freeze_auto else fit(cfg, scan=scan)
+    line = check_run_label_issues(run.config, run.out_dir)
+    if cfg.progress != "none":
+        print(line, flush=True)
+    return run
