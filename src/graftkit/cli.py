@@ -1,8 +1,6 @@
 """The ``graft`` command line: thin functions that build a config and call the public API."""
 from __future__ import annotations
 
-import csv
-import io
 import json
 import sys
 import traceback
@@ -242,41 +240,16 @@ def train(
 
 
 @app.command()
-def predict(model: Annotated[Path, typer.Argument(help="Run folder (or its model.json).")],
+def predict(model: Annotated[Path, typer.Argument(help="Run folder (or its model.json), or an exported .onnx.")],
             paths: Annotated[list[Path], typer.Argument(help="Image files or folders (recursive).")],
             top_k: int = typer.Option(1, help="Classes to show per image."),
-            format: str = typer.Option("table", "--format", help="table | json | csv.")) -> None:
-    """Predict the class of images with a trained model."""
-    from .predict import ImageClassifier
+            format: str = typer.Option("table", "--format", help="table | csv | json (a streamed array) | "
+                                       "jsonl (JSON Lines).")) -> None:
+    """Predict the class of images with a run folder, or with an .onnx file from 'graft export'
+    (then on onnxruntime, without torch). Rows are written as they are produced."""
+    from .cli_predict import predict_command
 
-    if format not in ("table", "json", "csv"):
-        raise GraftError(f"--format must be table, json or csv; got {format!r}")
-    from .engine.progress import stderr_progress
-
-    classifier = ImageClassifier.from_run(model)
-    with stderr_progress("predicting") as on_progress:  # a bar on a terminal's stderr only
-        results = classifier.predict(paths, top_k=top_k, on_progress=on_progress,
-                                     on_skip=lambda p, r: typer.echo(f"skipped: {p}: {r}", err=True))
-    if format == "json":
-        typer.echo(json.dumps([{"path": str(r.path), "class": r.label, "probability": r.probability,
-                                "top": [{"class": c, "probability": p} for c, p in r.top]}
-                               for r in results], indent=2))
-    elif format == "csv":
-        buffer = io.StringIO()
-        writer = csv.writer(buffer)
-        writer.writerow(["path", *[h for i in range(len(results[0].top)) for h in (f"class_{i + 1}", f"probability_{i + 1}")]])
-        for r in results:
-            writer.writerow([str(r.path), *[v for c, p in r.top for v in (c, f"{p:.6f}")]])
-        typer.echo(buffer.getvalue(), nl=False)
-    else:
-        from rich.console import Console
-        from rich.table import Table
-
-        table = Table("image", "class", "probability", *(["top"] if top_k > 1 else []))
-        for r in results:
-            extra = [", ".join(f"{c} {p:.3f}" for c, p in r.top[1:])] if top_k > 1 else []
-            table.add_row(str(r.path), r.label, f"{r.probability:.3f}", *extra)
-        Console().print(table)
+    predict_command(model, paths, top_k, format)
 
 
 @app.command()
@@ -456,9 +429,10 @@ def demo(out: Path = typer.Option(Path("runs/demo"), "--out", help="Run folder."
                f"run folder {run.out_dir}")
 
 
-from . import cli_scarce  # noqa: E402
+from . import cli_export, cli_scarce  # noqa: E402
 
 cli_scarce.register(app)  # subsample, label-efficiency, augment-preview, pretrain
+cli_export.register(app)  # export
 
 
 def main() -> None:

@@ -1,37 +1,22 @@
 """Using a trained model: predict images, evaluate on a labelled folder."""
 from __future__ import annotations
 
-from dataclasses import dataclass
 from pathlib import Path
-from typing import Iterable, Sequence
+from typing import Iterator, Sequence
 
 import numpy as np
 import torch
 from torch.utils.data import DataLoader, Dataset
 
-from .data import IMAGE_EXTENSIONS, build_eval_transform, decode_square, scan_data
+from .data import build_eval_transform, decode_square, scan_data
 from .data.images import read_image_file
-from .data.scan import DECODE_ERRORS, describe_image_error, walk_files
+from .data.model_input import Prediction, expand_image_paths, iter_predictions
 from .engine.checkpoint import load_model
 from .engine.fusion import fold_frozen_batchnorm
 from .engine.loop import predict_logits
 from .engine.runtime import autocast_for, eval_batch_size
-from .errors import CheckpointError, ConfigError, DataError
+from .errors import CheckpointError, DataError
 from .metrics import classification_metrics, log_loss
-
-
-@dataclass(frozen=True)
-class Prediction:
-    path: Path
-    top: list[tuple[str, float]]  # (class, probability), most likely first
-
-    @property
-    def label(self) -> str:
-        return self.top[0][0]
-
-    @property
-    def probability(self) -> float:
-        return self.top[0][1]
 
 
 class _Files(Dataset):
@@ -46,23 +31,6 @@ class _Files(Dataset):
     def __getitem__(self, i: int):
         square = decode_square(read_image_file(self.paths[i]), self.decode_size)
         return self.transform(torch.from_numpy(square).permute(2, 0, 1)), 0
-
-
-def expand_image_paths(paths: Iterable[str | Path], problems: list | None = None) -> list[Path]:
-    """Files as given, folders searched recursively for image files (hidden ones skipped). Entries of
-    folders that cannot be read (broken links, FIFOs, devices) are added to ``problems``."""
-    out: list[Path] = []
-    for p in map(Path, paths):
-        if p.is_dir():
-            found = []
-            out.extend(f for f in walk_files(p, found) if f.suffix.lower() in IMAGE_EXTENSIONS)
-            if problems is not None:
-                problems.extend(b for b in found if b.path.suffix.lower() in IMAGE_EXTENSIONS)
-        elif p.exists():
-            out.append(p)
-        else:
-            raise DataError(f"'{p}' does not exist. Check the path.")
-    return out
 
 
 class ImageClassifier:
@@ -106,46 +74,20 @@ class ImageClassifier:
                                        autocast=self.autocast)
         return logits.softmax(1).numpy()
 
+    def iter_predict(self, paths: Sequence[str | Path] | str | Path, top_k: int = 1, on_skip=None,
+                     on_progress=None) -> Iterator[Prediction]:
+        """Top-k classes for every image under ``paths`` (files or folders), yielded a chunk at a time
+        (memory stays bounded on a folder of any size). Unreadable files (and FIFOs, devices, files
+        over ``MAX_FILE_BYTES``) are skipped and reported through ``on_skip(path, reason)``;
+        ``on_progress(done, total)`` is called as files are read."""
+        # Chunks are a multiple of the batch size, so batches match `graft evaluate`'s.
+        return iter_predictions(paths, int(self.meta["preprocessing"]["resize"]), self.classes,
+                                self._proba_squares, top_k, on_skip, on_progress)
+
     def predict(self, paths: Sequence[str | Path] | str | Path, top_k: int = 1,
                 on_skip=None, on_progress=None) -> list[Prediction]:
-        """Top-k classes for every image under ``paths`` (files or folders). Unreadable files (and
-        FIFOs, devices, files over ``MAX_FILE_BYTES``) are skipped and reported through
-        ``on_skip(path, reason)``; ``on_progress(done, total)`` is called as files are read."""
-        if isinstance(paths, (str, Path)):
-            paths = [paths]
-        if isinstance(top_k, bool) or not isinstance(top_k, int) or top_k < 1:
-            raise ConfigError(f"--top-k must be a whole number >= 1, got {top_k!r}")
-        size = int(self.meta["preprocessing"]["resize"])
-        good, chunks = [], []
-        problems: list = []
-        files = expand_image_paths(paths, problems)
-        for bad in problems if on_skip is not None else ():
-            on_skip(bad.path, bad.reason)
-        if on_progress is not None:
-            on_progress(0, len(files))
-        # Decode each file once: the squares that decode are the ones predicted (chunks bound memory;
-        # their size is a multiple of the batch size, so batches match `graft evaluate`'s).
-        for start in range(0, len(files), 256):
-            squares = []
-            for done, f in enumerate(files[start:start + 256], start + 1):
-                try:
-                    squares.append(decode_square(read_image_file(f), size))
-                    good.append(f)
-                except DECODE_ERRORS as exc:
-                    if on_skip is not None:
-                        on_skip(f, describe_image_error(exc))
-                if on_progress is not None:
-                    on_progress(done, len(files))
-            if squares:
-                chunks.append(self._proba_squares(squares))
-        if not good:
-            raise DataError(f"no readable images in {', '.join(map(str, paths))}. "
-                            f"Pass image files or folders holding them.")
-        probs = np.concatenate(chunks)
-        k = min(top_k, len(self.classes))
-        order = np.argsort(-probs, axis=1)[:, :k]
-        return [Prediction(f, [(self.classes[j], float(p[j])) for j in idx])
-                for f, p, idx in zip(good, probs, order)]
+        """:meth:`iter_predict` as a list."""
+        return list(self.iter_predict(paths, top_k, on_skip, on_progress))
 
     def evaluate(self, data_dir: str | Path, split: str = "val", skip_bad_images: bool = False) -> dict:
         """Accuracy, per-class precision/recall/F1 and confusion matrix on a labelled folder.

@@ -230,3 +230,31 @@ def parse_prediction_row(row: dict[str, Any], path: Path | str, line: int) -> di
                               f"got {_show(row[column])}. {REPORT_FIX}")
         row[column] = value
     return row
+
+
+# ------------------------------------------------ exported models: ONNX metadata and <file>.json
+
+EXPORT_FORMAT_VERSION = 1
+EXPORT_FIX = "Export it again with 'graft export RUN_DIR --format onnx'."
+
+
+def check_export_meta(meta: Any, path: Path | str) -> dict[str, Any]:
+    """The ``graftkit`` metadata of an exported model (ONNX ``metadata_props``, and the sidecar
+    ``<file>.json``): what predicting with it reads."""
+    schema: Schema = {
+        "format_version": (f"an integer from 1 to {EXPORT_FORMAT_VERSION}", is_int(1, EXPORT_FORMAT_VERSION), True),
+        "classes": ("a list of at least 2 distinct class names", is_list(is_name, 2, unique=True), True),
+        "backbone": ("a backbone name", is_name, True),
+        "preprocessing.image_size": ("an integer >= 1", is_int(1), True),
+        "preprocessing.resize": ("an integer at least image_size", is_int(1), True),
+        "preprocessing.mean": ("a list of 3 numbers", is_list(is_number(), 3, 3), True),
+        "preprocessing.std": ("a list of 3 numbers > 0", is_list(is_number(1e-12), 3, 3), True),
+        "calibration.temperature": ("a number > 0", is_number(1e-6), True),
+        "outputs": ("a list of output names", is_list(is_name, 1), True),
+    }
+    check(meta, schema, path, CheckpointError, EXPORT_FIX)
+    pre = meta["preprocessing"]
+    if pre["resize"] < pre["image_size"]:
+        raise CheckpointError(f"'{path}': field 'preprocessing.resize' must be at least preprocessing.image_size "
+                              f"({pre['image_size']}), got {pre['resize']}. {EXPORT_FIX}")
+    return meta
