@@ -108,18 +108,13 @@ MODEL_FIX = "Retrain, or restore the file from the run folder."
 
 def check_model_meta(meta: Any, path: Path | str) -> dict[str, Any]:
     """``model.json``: everything that rebuilding and using the model reads."""
-    from .config import MAX_IMAGE_SIZE
-
     schema: Schema = {
         "format_version": (f"an integer from 1 to {FORMAT_VERSION} (a newer graftkit wrote a higher one)",
                            is_int(1, FORMAT_VERSION), False),
         "classes": ("a list of at least 2 distinct class names", is_list(is_name, 2, unique=True), True),
         "backbone": ("a backbone name", is_name, True),
         "head.dropout": ("a number in [0, 1)", is_number(0, 0.999999), True),
-        "preprocessing.image_size": (f"an integer from 16 to {MAX_IMAGE_SIZE}", is_int(16, MAX_IMAGE_SIZE), True),
-        "preprocessing.resize": ("an integer at least image_size (the decoded square)", is_int(16, 4 * MAX_IMAGE_SIZE), True),
-        "preprocessing.mean": ("a list of 3 numbers", is_list(is_number(), 3, 3), True),
-        "preprocessing.std": ("a list of 3 numbers > 0", is_list(is_number(1e-12), 3, 3), True),
+        **_preprocessing_schema(),
         "precision": ("fp32 or bf16", one_of("fp32", "bf16"), False),
         "fold_bn": ("true or false", is_bool, False),
         "split.val_fraction": ("a number between 0 and 1", is_number(1e-9, 1 - 1e-9), False),
@@ -127,10 +122,25 @@ def check_model_meta(meta: Any, path: Path | str) -> dict[str, Any]:
         "epoch": ("an integer >= 1", is_int(1), False),
     }
     check(meta, schema, path, CheckpointError, MODEL_FIX)
+    return _check_resize(meta, path, MODEL_FIX)
+
+
+def _preprocessing_schema() -> Schema:
+    from .config import MAX_IMAGE_SIZE
+
+    return {
+        "preprocessing.image_size": (f"an integer from 16 to {MAX_IMAGE_SIZE}", is_int(16, MAX_IMAGE_SIZE), True),
+        "preprocessing.resize": ("an integer at least image_size (the decoded square)", is_int(16, 4 * MAX_IMAGE_SIZE), True),
+        "preprocessing.mean": ("a list of 3 numbers", is_list(is_number(), 3, 3), True),
+        "preprocessing.std": ("a list of 3 numbers > 0", is_list(is_number(1e-12), 3, 3), True),
+    }
+
+
+def _check_resize(meta: dict[str, Any], path: Path | str, fix: str) -> dict[str, Any]:
     pre = meta["preprocessing"]
     if pre["resize"] < pre["image_size"]:
         raise CheckpointError(f"'{path}': field 'preprocessing.resize' must be at least "
-                              f"preprocessing.image_size ({pre['image_size']}), got {pre['resize']}. {MODEL_FIX}")
+                              f"preprocessing.image_size ({pre['image_size']}), got {pre['resize']}. {fix}")
     return meta
 
 
@@ -245,16 +255,9 @@ def check_export_meta(meta: Any, path: Path | str) -> dict[str, Any]:
         "format_version": (f"an integer from 1 to {EXPORT_FORMAT_VERSION}", is_int(1, EXPORT_FORMAT_VERSION), True),
         "classes": ("a list of at least 2 distinct class names", is_list(is_name, 2, unique=True), True),
         "backbone": ("a backbone name", is_name, True),
-        "preprocessing.image_size": ("an integer >= 1", is_int(1), True),
-        "preprocessing.resize": ("an integer at least image_size", is_int(1), True),
-        "preprocessing.mean": ("a list of 3 numbers", is_list(is_number(), 3, 3), True),
-        "preprocessing.std": ("a list of 3 numbers > 0", is_list(is_number(1e-12), 3, 3), True),
+        **_preprocessing_schema(),
         "calibration.temperature": ("a number > 0", is_number(1e-6), True),
         "outputs": ("a list of output names", is_list(is_name, 1), True),
     }
     check(meta, schema, path, CheckpointError, EXPORT_FIX)
-    pre = meta["preprocessing"]
-    if pre["resize"] < pre["image_size"]:
-        raise CheckpointError(f"'{path}': field 'preprocessing.resize' must be at least preprocessing.image_size "
-                              f"({pre['image_size']}), got {pre['resize']}. {EXPORT_FIX}")
-    return meta
+    return _check_resize(meta, path, EXPORT_FIX)
