@@ -208,3 +208,9 @@ def test_export_refuses_a_bad_format_or_out(session_run, tmp_path):
     assert "--format must be one of" in graft("export", str(session_run), "--format", "tflite").stderr
     result = graft("export", str(session_run), "--out", str(tmp_path / "m.pt"))
     assert result.returncode == 2 and "must end in .onnx" in result.stderr
+
+
+def test_an_opset_below_18_is_written_as_asked(session_run, tmp_path):
+    result = graft("export", str(session_run), "--opset", "17", "--out", str(tmp_path / "m.onnx"))
+    assert result.returncode == 0, result.stderr
+    assert [o.version for o in onnx.load(str(tmp_path / "m.onnx")).opset_import if o.domain in ("", "ai.onnx")] == [17]

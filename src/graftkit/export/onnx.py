@@ -2,7 +2,8 @@
 
 Both exporters of torch 2.14 export timm's ``Conv2dSame`` (TF-"same" padding computed from the input
 size) correctly at a fixed input size with a dynamic batch; the ``torch.export``-based one
-(``dynamo=True``) is torch's default and supported path, the TorchScript-based one is deprecated.
+(``dynamo=True``) is torch's default and supported path and is used for opset 18 and up (its
+default), the deprecated TorchScript-based one only for an older ``--opset``.
 """
 from __future__ import annotations
 
@@ -22,6 +23,7 @@ from ..errors import ConfigError
 from ..onnx_classifier import METADATA_KEY, import_onnxruntime, session_options
 
 INPUT_NAME, OUTPUT_NAMES = "input", ("logits", "features")
+DYNAMO_MIN_OPSET = 18  # the torch.export-based exporter writes no lower opset
 CALIBRATION_BATCH = 16
 
 
@@ -46,16 +48,27 @@ def set_metadata(path: Path, metadata: dict) -> None:
 
 
 def export_onnx(module: nn.Module, image_size: int, path: Path, opset: int | None, metadata: dict) -> None:
-    """``module``: ``(B, 3, H, W)`` → (logits, features), exported with a dynamic batch dimension."""
-    import_onnx()
+    """``module``: ``(B, 3, H, W)`` → (logits, features), exported with a dynamic batch dimension.
+    Opsets below 18 go through the TorchScript-based exporter (the other one writes 18 at least)."""
+    onnx = import_onnx()
     example = torch.zeros(2, 3, image_size, image_size)
-    batch = torch.export.Dim("batch", min=1, max=65536)
     with warnings.catch_warnings(), contextlib.redirect_stdout(io.StringIO()):  # the exporter's progress lines
         warnings.simplefilter("ignore")
-        program = torch.onnx.export(module, (example,), input_names=[INPUT_NAME], output_names=list(OUTPUT_NAMES),
-                                    dynamic_shapes={"x": {0: batch}}, opset_version=opset, dynamo=True,
-                                    verbose=False)
-    program.save(str(path))
+        if opset is not None and opset < DYNAMO_MIN_OPSET:
+            torch.onnx.export(module, (example,), str(path), input_names=[INPUT_NAME], output_names=list(OUTPUT_NAMES),
+                              dynamic_axes={name: {0: "batch"} for name in (INPUT_NAME, *OUTPUT_NAMES)},
+                              opset_version=opset, dynamo=False)
+        else:
+            batch = torch.export.Dim("batch", min=1, max=65536)
+            program = torch.onnx.export(module, (example,), input_names=[INPUT_NAME], output_names=list(OUTPUT_NAMES),
+                                        dynamic_shapes={"x": {0: batch}}, opset_version=opset, dynamo=True,
+                                        verbose=False)
+            program.save(str(path))
+    written = next((o.version for o in onnx.load(str(path), load_external_data=False).opset_import
+                    if o.domain in ("", "ai.onnx")), None)
+    if opset is not None and written != opset:
+        raise ConfigError(f"torch's ONNX exporter wrote opset {written}, not the --opset {opset} asked for. "
+                          f"Pass --opset {written} or leave it out.")
     set_metadata(path, metadata)
 
 
