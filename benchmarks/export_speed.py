@@ -50,6 +50,7 @@ def qoperator_copy(fp32: Path, out: Path, squares: np.ndarray, pre: dict) -> Non
     quant_pre_process(str(fp32), str(prepared), skip_symbolic_shape=True)
     quantize_static(str(prepared), str(out), Reader(), quant_format=QuantFormat.QOperator, per_channel=True,
                     activation_type=QuantType.QUInt8, weight_type=QuantType.QInt8)
+    prepared.unlink()
 
 
 def main() -> None:
@@ -110,7 +111,8 @@ def main() -> None:
     for name, run in paths.items():  # warm-up
         run(squares[:1])
         run(squares[:32])
-    for _ in range(args.rounds):
+    for round_number in range(args.rounds):
+        print(f"round {round_number + 1}/{args.rounds}", flush=True)
         for name, run in paths.items():
             for b in (1, 32):
                 started = time.perf_counter()

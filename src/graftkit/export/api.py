@@ -114,6 +114,10 @@ def export_model(model_path: str | Path, fmt: str = "onnx", out: str | Path | No
         raise ConfigError(f"--format must be one of {', '.join(FORMATS)}; got {fmt!r}")
     if opset is not None and fmt == "torchscript":
         raise ConfigError("--opset applies to ONNX formats only; drop it for --format torchscript.")
+    if fmt.startswith("onnx"):
+        from .onnx import import_onnx
+
+        import_onnx()  # a missing extra is named before any work
     folder = resolve_model_path(model_path)
     target = _target(folder, fmt, out)
     model, meta = load_model(folder)  # the plain eval model: fold_bn is a training-time speed-up only
