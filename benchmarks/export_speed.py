@@ -6,11 +6,12 @@ from decoded images (preprocessing included, decoding excluded: it is the same f
 batch 1 and batch 32, on every core this process may use. The paths take turns round by round, so a
 load that changes during the run hits them alike; the ratios are the figures to read.
 
-    python benchmarks/export_speed.py RUN_DIR [--rounds 5] [--check-images DIR]
+    python benchmarks/export_speed.py RUN_DIR [--rounds 5] [--check-images DIR] [--reuse WORK_DIR]
 """
 from __future__ import annotations
 
 import argparse
+import json
 import os
 import sys
 import tempfile
@@ -58,6 +59,8 @@ def main() -> None:
     parser.add_argument("run_dir", type=Path)
     parser.add_argument("--rounds", type=int, default=5)
     parser.add_argument("--check-images", type=Path, default=None)
+    parser.add_argument("--reuse", type=Path, default=None,
+                        help="A work folder of an earlier run of this script: time its exports, do not re-export.")
     args = parser.parse_args()
 
     import torch
@@ -74,21 +77,22 @@ def main() -> None:
     print(machine())
     print(f"load average before: {' '.join(f'{x:.2f}' for x in os.getloadavg())} · {cores} cores used · "
           f"torch {torch.__version__} · onnxruntime {__import__('onnxruntime').__version__}", flush=True)
-    work = Path(tempfile.mkdtemp(prefix="graftkit-bench-export-"))
-    exports = {}
-    for fmt, name in (("onnx", "fp32.onnx"), ("onnx-int8", "int8.onnx")):
-        result = export_model(args.run_dir, fmt, work / name, check_images=args.check_images, warn=print)
-        check = result.check
+    work = args.reuse or Path(tempfile.mkdtemp(prefix="graftkit-bench-export-"))
+    exports = {"onnx": work / "fp32.onnx", "onnx-int8": work / "int8.onnx"}
+    for fmt, path in exports.items():
+        if args.reuse is None:
+            export_model(args.run_dir, fmt, path, check_images=args.check_images, warn=print)
+        check = json.loads(Path(f"{path}.json").read_text())["check"]
         print(f"{fmt}: {check['source']}: max abs logit diff {check['max_abs_logit_diff']:.2e}, top-1 agreement "
               f"{check['top1_agreement']:.2%}" + (f", accuracy {check['accuracy_export']:.2%} (PyTorch fp32 "
                                                    f"{check['accuracy_pytorch']:.2%})" if "accuracy_export" in check else ""),
               flush=True)
-        exports[fmt] = result.path
     model, meta = load_model(args.run_dir)
     pre = meta["preprocessing"]
-    calibration = find_images(meta, Path(args.run_dir), args.check_images, "train", print)
     qoperator = work / "int8-qoperator.onnx"
-    qoperator_copy(exports["onnx"], qoperator, calibration.squares, pre)
+    if args.reuse is None:
+        calibration = find_images(meta, Path(args.run_dir), args.check_images, "train", print)
+        qoperator_copy(exports["onnx"], qoperator, calibration.squares, pre)
     squares = find_images(meta, Path(args.run_dir), args.check_images, "val", print).squares
     squares = np.concatenate([squares] * (-(-64 // len(squares))))[:64]
 
