@@ -72,6 +72,9 @@ def main() -> None:
     from graftkit.onnx_classifier import usable_cores
     from graftkit.predict import ImageClassifier
 
+    from graftkit.hardware import tune_cpu_allocator
+
+    tune_cpu_allocator()  # as `graft predict` does for its own process
     cores = usable_cores()
     torch.set_num_threads(cores)
     print(machine())
