@@ -13,7 +13,7 @@ from __future__ import annotations
 
 import json
 import os
-import tempfile
+import secrets
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Callable
@@ -91,6 +91,18 @@ def _target(model_folder: Path, fmt: str, out: Path | None) -> Path:
     return out
 
 
+def _temp_beside(target: Path) -> Path:
+    """A new empty file beside ``target``, mode 0666 less the umask (as ``open`` makes files; mkstemp's
+    0600 would keep the exported model from being shared like the user's other files)."""
+    while True:
+        tmp = target.parent / f".{target.name}.{secrets.token_hex(6)}.tmp"
+        try:
+            os.close(os.open(tmp, os.O_WRONLY | os.O_CREAT | os.O_EXCL, 0o666))
+            return tmp
+        except FileExistsError:
+            continue
+
+
 def _verdict(fmt: str, check: dict) -> str | None:
     """Why the check failed, or None."""
     if fmt == "onnx-int8":
@@ -125,9 +137,7 @@ def export_model(model_path: str | Path, fmt: str = "onnx", out: str | Path | No
     metadata = export_metadata(meta, fmt, folder)
     pre, size = meta["preprocessing"], int(meta["preprocessing"]["image_size"])
     images = find_images(meta, folder, Path(check_images) if check_images else None, "val", warn)
-    fd, tmp_name = tempfile.mkstemp(dir=target.parent, prefix=f".{target.name}.", suffix=".tmp")
-    os.close(fd)
-    tmp = Path(tmp_name)
+    tmp = _temp_beside(target)
     try:
         if fmt == "torchscript":
             from .torchscript import export_torchscript
