@@ -120,6 +120,10 @@ def test_onnx_logits_match_pytorch_predict_from_the_same_files(session_run, expo
         inputs = torch.stack([torch_classifier.transform(torch.from_numpy(q).permute(2, 0, 1)) for q in squares])
         expected = model(inputs).numpy()
     assert np.abs(onnx_classifier.logits_squares(squares) - expected).max() <= 1e-4
+    probs, features = onnx_classifier.outputs_for_squares(list(squares))
+    with torch.no_grad():
+        assert np.abs(features - model.backbone(inputs).numpy()).max() <= 1e-4
+    assert np.abs(probs - torch.from_numpy(expected).softmax(1).numpy()).max() <= 1e-5
     ours = onnx_classifier.predict(_val_dir(session_run), top_k=2)
     theirs = torch_classifier.predict(_val_dir(session_run), top_k=2)
     assert [p.path for p in ours] == [p.path for p in theirs] and [p.top[0][0] for p in ours] == [p.label for p in theirs]

@@ -88,6 +88,7 @@ class OnnxClassifier:
         self.meta = read_export_meta(path, self.session)
         self.classes: list[str] = list(self.meta["classes"])
         self.preprocessing = self.meta["preprocessing"]
+        self.decode_size = int(self.preprocessing["resize"])  # the side of the decoded squares it takes
         self.temperature = float(self.meta["calibration"]["temperature"])
         self.input_name = self.session.get_inputs()[0].name
         names = [o.name for o in self.session.get_outputs()]
@@ -104,6 +105,12 @@ class OnnxClassifier:
                                    self.session.run(None, {self.input_name: inputs[start:start + BATCH_SIZE]})):
                 outputs[name].append(value)
         return {name: np.concatenate(values) for name, values in outputs.items()}
+
+    def outputs_for_squares(self, squares: Sequence[np.ndarray] | np.ndarray) -> tuple[np.ndarray, np.ndarray]:
+        """``(N, K)`` probabilities and ``(N, F)`` pooled features for decoded ``(S, S, 3)`` uint8
+        squares (``S = decode_size``): what a server's unknown detector needs."""
+        out = self.forward(normalize_squares(np.asarray(squares), self.preprocessing))
+        return softmax(out["logits"].astype(np.float64) / self.temperature), out["features"]
 
     def logits_squares(self, squares: np.ndarray) -> np.ndarray:
         """``(N, K)`` logits for decoded ``(N, S, S, 3)`` uint8 squares."""
