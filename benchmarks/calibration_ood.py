@@ -68,7 +68,7 @@ def val_outputs(classifier, data_dir: Path):
 
 
 def images_under(folder: Path) -> list[Path]:
-    from graftkit.predict import expand_image_paths
+    from graftkit.data.model_input import expand_image_paths
 
     return expand_image_paths([folder])
 

@@ -333,9 +333,9 @@ def test_resizing_an_elongated_image_never_builds_the_long_side(monkeypatch):
 
 @pytest.mark.parametrize("terminal", [True, False])
 def test_predict_progress_goes_to_a_terminal_stderr_only(tiny_run, class_folder, monkeypatch, terminal):
-    from graftkit.engine import progress
+    from graftkit import cli_predict
 
-    monkeypatch.setattr(progress, "stderr_is_terminal", lambda: terminal)
+    monkeypatch.setattr(cli_predict, "stderr_is_terminal", lambda: terminal)
     result = invoke_graft("predict", str(tiny_run), str(class_folder), "--format", "csv")
     assert result.exit_code == 0
     rows = list(csv.reader(io.StringIO(result.stdout)))

@@ -79,6 +79,34 @@ def test_predict_over_http_matches_load_predict(server, session_run):
         assert answer["unknown"]["is_unknown"] == want.is_unknown
 
 
+def test_an_exported_onnx_model_is_served_like_its_run_folder(session_run, tmp_path):
+    """`graft serve model.onnx`: the same answers as the run folder, on onnxruntime; no Grad-CAM and no
+    unknown detector there (the training features stay in the run folder), said in /model."""
+    pytest.importorskip("onnxruntime")
+    import graftkit
+    from graftkit.export.api import export_model
+    from graftkit.serve import build_app, load_predictor
+
+    exported = tmp_path / "model.onnx"
+    export_model(session_run, "onnx", exported)
+    url, srv, thread = start_server(build_app(load_predictor(exported)))
+    try:
+        paths = val_images(session_run)[:3]
+        answers = post_images(url, *[(p.name, p.read_bytes(), "image/png") for p in paths], top_k=2).json()
+        explained = post_images(url, (paths[0].name, paths[0].read_bytes(), "image/png"), explain="true").json()
+        model = httpx.get(f"{url}/model").json()
+    finally:
+        srv.should_exit = True
+        thread.join(30)
+    expected = graftkit.load(session_run).predict(paths, top_k=2)
+    for answer, want in zip(answers["predictions"], expected):
+        assert answer["predicted_class"] == want.top[0][0]
+        assert answer["probability"] == pytest.approx(want.probability, abs=1e-4)
+    classes = json.loads((session_run / "model.json").read_text())["classes"]
+    assert model["kind"] == "onnx" and model["unknown"] is None and model["classes"] == classes
+    assert not explained["predictions"][0].get("heatmap")
+
+
 def test_health_model_docs_and_page(server, session_run):
     assert httpx.get(f"{server}/health").json()["status"] == "ok"
     model = httpx.get(f"{server}/model").json()

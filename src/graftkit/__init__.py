@@ -19,6 +19,7 @@ _LAZY = {
     "check_image": "graftkit.data", "scan_data": "graftkit.data",
     "Run": "graftkit.engine", "fit": "graftkit.engine",
     "tune_cpu_allocator": "graftkit.hardware",
+    "export_model": "graftkit.export", "OnnxClassifier": "graftkit.onnx_classifier",
     "ImageClassifier": "graftkit.predict", "Prediction": "graftkit.predict",
     "subsample": "graftkit.scarce",
     "pseudo_label": "graftkit.semi",
@@ -76,5 +77,6 @@ def load(path: str | Path, device: str = "cpu"):
 __all__ = ["Backbone", "CheckpointError", "ConfigError", "DataError", "GraftError", "ImageClassifier",
            "Prediction", "Run", "TrainConfig", "__version__", "check_image", "create_backbone", "fit",
            "list_backbones", "load", "register_backbone", "scan_data", "train", "tune_cpu_allocator"]
+__all__ += ["OnnxClassifier", "export_model"]
 __all__ += ["PretrainConfig", "PseudoLabelConfig", "label_efficiency", "pretrain_ssl", "pseudo_label",
             "subsample", "train_with_pseudo_labels"]

@@ -1,8 +1,6 @@
 """The ``graft`` command line: thin functions that build a config and call the public API."""
 from __future__ import annotations
 
-import csv
-import io
 import json
 import sys
 import traceback
@@ -278,40 +276,20 @@ def _after_training(run, quiet: bool) -> None:
 
 
 @app.command()
-def predict(model: Annotated[Path, typer.Argument(help="Run folder (or its model.json).", metavar="MODEL")],
+def predict(model: Annotated[Path, typer.Argument(help="Run folder (or its model.json), or an .onnx file from "
+                                                   "'graft export'.", metavar="MODEL")],
             paths: Annotated[list[Path], typer.Argument(help="Image files or folders (recursive).", metavar="PATHS...")],
             top_k: int = typer.Option(1, help="Classes to show per image."),
-            format: str = typer.Option("table", "--format", help="table (plain text when piped) | json | csv."),
+            format: str = typer.Option("table", "--format", help="table (plain text when piped) | csv | json (a "
+                                       "streamed array) | jsonl (JSON Lines)."),
             reject_unknown: bool = typer.Option(False, "--reject-unknown", help="Answer 'unknown' for images "
                                                 "unlike the training images (threshold set at training time)."),
             device: opt.Device = "auto") -> None:
-    """Predict the class of images with a trained model."""
-    from .predict import ImageClassifier
+    """Predict the class of images with a run folder, or with an .onnx file from 'graft export'
+    (then on onnxruntime, without torch). Rows are written as they are produced."""
+    from .cli_predict import predict_command
 
-    if format not in ("table", "json", "csv"):
-        raise GraftError(f"--format must be table, json or csv; got {format!r}")
-    from .engine.progress import stderr_progress
-
-    classifier = ImageClassifier.from_run(model, device=device)
-    with stderr_progress("predicting") as on_progress:  # a bar on a terminal's stderr only
-        results = classifier.predict(paths, top_k=top_k, on_progress=on_progress, reject_unknown=reject_unknown,
-                                     on_skip=lambda p, r: typer.echo(f"skipped: {p}: {r}", err=True))
-    if format == "json":
-        typer.echo(json.dumps([{"path": str(r.path), "class": r.label, "probability": r.probability,
-                                "unknown_score": r.unknown_score, "is_unknown": r.is_unknown,
-                                "top": [{"class": c, "probability": p} for c, p in r.top]}
-                               for r in results], indent=2))
-    elif format == "csv":
-        buffer = io.StringIO()
-        writer = csv.writer(buffer)
-        writer.writerow(["path", *[h for i in range(len(results[0].top)) for h in (f"class_{i + 1}", f"probability_{i + 1}")]])
-        for r in results:
-            writer.writerow([str(r.path), *[v for c, p in r.top for v in (c, f"{p:.6f}")]])
-        typer.echo(buffer.getvalue(), nl=False)
-    else:
-        from .cli_table import print_predictions
-
-        print_predictions(results, paths)
+    predict_command(model, paths, top_k, format, reject_unknown, device)
 
 
 @app.command()
@@ -501,12 +479,11 @@ def demo(out: Path = typer.Option(Path("runs/demo"), "--out", help="Run folder."
                f"run folder {run.out_dir}")
 
 
-from . import cli_scarce  # noqa: E402
+from . import cli_export, cli_scarce, cli_serve  # noqa: E402
 
 cli_scarce.register(app)  # subsample, label-efficiency, augment-preview, pretrain
-from . import cli_serve  # noqa: E402
-
 cli_serve.register(app)  # serve
+cli_export.register(app)  # export
 opt.style_help(app)  # panels, defaults and value names in every command's --help (cli_options.py)
 
 

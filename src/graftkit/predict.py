@@ -3,9 +3,8 @@ from __future__ import annotations
 
 import json
 import os
-from dataclasses import dataclass
 from pathlib import Path
-from typing import Iterable, Sequence, Union
+from typing import Iterator, Sequence, Union
 
 import numpy as np
 import torch
@@ -14,10 +13,11 @@ from torch.utils.data import DataLoader, Dataset
 
 from .calibration import ece, nll, softmax
 from .config import DEVICES
-from .data import IMAGE_EXTENSIONS, build_eval_transform, decode_square, scan_data
+from .data import build_eval_transform, decode_square, scan_data
 from .data.decoded import image_square
 from .data.images import read_image_file
-from .data.scan import DECODE_ERRORS, describe_image_error, walk_files
+from .data.model_input import Prediction, expand_image_paths, to_predictions
+from .data.scan import DECODE_ERRORS, describe_image_error
 from .engine.checkpoint import load_model, resolve_model_path
 from .engine.features import capture_pooled
 from .engine.fusion import fold_frozen_batchnorm
@@ -29,24 +29,6 @@ from .ood import OodScorer, detection_figures, load_scorer, p_values
 
 
 ImageInput = Union[str, os.PathLike, Image.Image, np.ndarray, torch.Tensor]
-UNKNOWN = "unknown"
-
-
-@dataclass(frozen=True)
-class Prediction:
-    path: Path | None  # None for an image given in memory (PIL, numpy, tensor): see its place in the list
-    top: list[tuple[str, float]]  # (class, calibrated probability), most likely first
-    unknown_score: float | None = None  # p-value of the feature distance (graftkit.ood); None: no detector
-    is_unknown: bool | None = None      # unknown_score below the model's threshold
-    rejected: bool = False              # predict(reject_unknown=True) and is_unknown: label is "unknown"
-
-    @property
-    def label(self) -> str:
-        return UNKNOWN if self.rejected else self.top[0][0]
-
-    @property
-    def probability(self) -> float:
-        return self.top[0][1]
 
 
 class _Files(Dataset):
@@ -95,23 +77,6 @@ def _as_items(images) -> list:
     if isinstance(images, (str, os.PathLike, Image.Image, np.ndarray, torch.Tensor)):
         return [images]
     return list(images)
-
-
-def expand_image_paths(paths: Iterable[str | Path], problems: list | None = None) -> list[Path]:
-    """Files as given, folders searched recursively for image files (hidden ones skipped). Entries of
-    folders that cannot be read (broken links, FIFOs, devices) are added to ``problems``."""
-    out: list[Path] = []
-    for p in map(Path, paths):
-        if p.is_dir():
-            found = []
-            out.extend(f for f in walk_files(p, found) if f.suffix.lower() in IMAGE_EXTENSIONS)
-            if problems is not None:
-                problems.extend(b for b in found if b.path.suffix.lower() in IMAGE_EXTENSIONS)
-        elif p.exists():
-            out.append(p)
-        else:
-            raise DataError(f"'{p}' does not exist. Check the path.")
-    return out
 
 
 class ImageClassifier:
@@ -249,35 +214,40 @@ class ImageClassifier:
             return [], np.zeros((0, len(self.classes)), np.float32), np.zeros((0, 0), np.float32)
         return good, np.concatenate([c[0] for c in chunks]), np.concatenate([c[1] for c in chunks])
 
-    def predict(self, images: ImageInput | Sequence[ImageInput], top_k: int = 1,
-                on_skip=None, on_progress=None, reject_unknown: bool = False) -> list[Prediction]:
+    def iter_predict(self, images: ImageInput | Sequence[ImageInput], top_k: int = 1, on_skip=None,
+                     on_progress=None, reject_unknown: bool = False) -> Iterator[Prediction]:
         """Top-k classes for every image: files, folders (searched recursively), Pillow images, numpy
         arrays ``(H, W, 3)`` uint8, tensors ``(3, H, W)`` (uint8, or float 0-1); one, or a list
-        (a 4-d array or tensor is a batch). Batched, and decoded exactly as training decodes files.
-        Unreadable files (and FIFOs, devices, files over ``MAX_FILE_BYTES``) are skipped and reported
-        through ``on_skip(path, reason)``; ``on_progress(done, total)`` is called as images are read.
+        (a 4-d array or tensor is a batch). Decoded exactly as training decodes files, predicted and
+        yielded a chunk at a time (memory stays bounded on a folder of any size). Unreadable files
+        (and FIFOs, devices, files over ``MAX_FILE_BYTES``) are skipped and reported through
+        ``on_skip(path, reason)``; ``on_progress(done, total)`` is called as images are read.
         Probabilities are calibrated (the model's temperature). ``reject_unknown``: images the
-        unknown detector flags get the label ``"unknown"``."""
+        unknown detector flags get the label ``"unknown"``. Bad arguments raise at once."""
         if isinstance(top_k, bool) or not isinstance(top_k, int) or top_k < 1:
             raise ConfigError(f"--top-k must be a whole number >= 1, got {top_k!r}")
         if reject_unknown and self.ood is None:
             raise ConfigError("this model has no unknown detector (model.json has no 'ood': it was trained by "
                               "an older graftkit). Retrain it, or predict without --reject-unknown.")
-        good, probs, features = self._outputs_for_images(images, on_skip or (lambda path, reason: None),
-                                                         on_progress)
-        if not good:
+        return self._predictions(images, min(top_k, len(self.classes)), on_skip or (lambda path, reason: None),
+                                 on_progress, reject_unknown)
+
+    def _predictions(self, images, k: int, on_skip, on_progress, reject_unknown: bool) -> Iterator[Prediction]:
+        any_good = False
+        for sources, squares in self._each_square(images, on_skip, on_progress):
+            probs, features = self.outputs_for_squares(squares)
+            scores = self.unknown_scores(features)
+            threshold = self.ood.threshold if self.ood is not None else 0.0
+            any_good = True
+            yield from to_predictions(sources, probs, self.classes, k, scores, threshold, reject_unknown)
+        if not any_good:
             shown = ", ".join(map(str, _as_items(images)))[:300]
             raise DataError(f"no readable images in {shown}. Pass image files or folders holding them.")
-        scores = self.unknown_scores(features)
-        k = min(top_k, len(self.classes))
-        order = np.argsort(-probs, axis=1)[:, :k]
-        out = []
-        for i, (f, p, idx) in enumerate(zip(good, probs, order)):
-            flagged = None if scores is None else bool(scores[i] < self.ood.threshold)
-            out.append(Prediction(f, [(self.classes[j], float(p[j])) for j in idx],
-                                  None if scores is None else float(scores[i]), flagged,
-                                  bool(reject_unknown and flagged)))
-        return out
+
+    def predict(self, images: ImageInput | Sequence[ImageInput], top_k: int = 1,
+                on_skip=None, on_progress=None, reject_unknown: bool = False) -> list[Prediction]:
+        """:meth:`iter_predict` as a list."""
+        return list(self.iter_predict(images, top_k, on_skip, on_progress, reject_unknown))
 
     def trained_on(self) -> Path | None:
         """The data folder the run was trained on (its config.json), if known."""

@@ -133,18 +133,13 @@ _REQUIRED_IN = {"calibration": ("calibration.temperature",),
 
 def check_model_meta(meta: Any, path: Path | str) -> dict[str, Any]:
     """``model.json``: everything that rebuilding and using the model reads."""
-    from .config import MAX_IMAGE_SIZE
-
     schema: Schema = {
         "format_version": (f"an integer from 1 to {FORMAT_VERSION} (a newer graftkit wrote a higher one)",
                            is_int(1, FORMAT_VERSION), False),
         "classes": ("a list of at least 2 distinct class names", is_list(is_name, 2, unique=True), True),
         "backbone": ("a backbone name", is_name, True),
         "head.dropout": ("a number in [0, 1)", is_number(0, 0.999999), True),
-        "preprocessing.image_size": (f"an integer from 16 to {MAX_IMAGE_SIZE}", is_int(16, MAX_IMAGE_SIZE), True),
-        "preprocessing.resize": ("an integer at least image_size (the decoded square)", is_int(16, 4 * MAX_IMAGE_SIZE), True),
-        "preprocessing.mean": ("a list of 3 numbers", is_list(is_number(), 3, 3), True),
-        "preprocessing.std": ("a list of 3 numbers > 0", is_list(is_number(1e-12), 3, 3), True),
+        **_preprocessing_schema(),
         "precision": ("fp32 or bf16", one_of("fp32", "bf16"), False),
         "fold_bn": ("true or false", is_bool, False),
         "split.val_fraction": ("a number between 0 and 1", is_number(1e-9, 1 - 1e-9), False),
@@ -158,10 +153,25 @@ def check_model_meta(meta: Any, path: Path | str) -> dict[str, Any]:
             if dotted.split(".")[1] not in meta[block]:
                 expected = {**CALIBRATION_SCHEMA, **OOD_SCHEMA}[dotted][0]
                 raise CheckpointError(f"'{path}' has no field '{dotted}' ({expected}). {MODEL_FIX}")
+    return _check_resize(meta, path, MODEL_FIX)
+
+
+def _preprocessing_schema() -> Schema:
+    from .config import MAX_IMAGE_SIZE
+
+    return {
+        "preprocessing.image_size": (f"an integer from 16 to {MAX_IMAGE_SIZE}", is_int(16, MAX_IMAGE_SIZE), True),
+        "preprocessing.resize": ("an integer at least image_size (the decoded square)", is_int(16, 4 * MAX_IMAGE_SIZE), True),
+        "preprocessing.mean": ("a list of 3 numbers", is_list(is_number(), 3, 3), True),
+        "preprocessing.std": ("a list of 3 numbers > 0", is_list(is_number(1e-12), 3, 3), True),
+    }
+
+
+def _check_resize(meta: dict[str, Any], path: Path | str, fix: str) -> dict[str, Any]:
     pre = meta["preprocessing"]
     if pre["resize"] < pre["image_size"]:
         raise CheckpointError(f"'{path}': field 'preprocessing.resize' must be at least "
-                              f"preprocessing.image_size ({pre['image_size']}), got {pre['resize']}. {MODEL_FIX}")
+                              f"preprocessing.image_size ({pre['image_size']}), got {pre['resize']}. {fix}")
     return meta
 
 
@@ -265,3 +275,24 @@ def parse_prediction_row(row: dict[str, Any], path: Path | str, line: int) -> di
                               f"got {_show(row[column])}. {REPORT_FIX}")
         row[column] = value
     return row
+
+
+# ------------------------------------------------ exported models: ONNX metadata and <file>.json
+
+EXPORT_FORMAT_VERSION = 1
+EXPORT_FIX = "Export it again with 'graft export RUN_DIR --format onnx'."
+
+
+def check_export_meta(meta: Any, path: Path | str) -> dict[str, Any]:
+    """The ``graftkit`` metadata of an exported model (ONNX ``metadata_props``, and the sidecar
+    ``<file>.json``): what predicting with it reads."""
+    schema: Schema = {
+        "format_version": (f"an integer from 1 to {EXPORT_FORMAT_VERSION}", is_int(1, EXPORT_FORMAT_VERSION), True),
+        "classes": ("a list of at least 2 distinct class names", is_list(is_name, 2, unique=True), True),
+        "backbone": ("a backbone name", is_name, True),
+        **_preprocessing_schema(),
+        "calibration.temperature": ("a number > 0", is_number(1e-6), True),
+        "outputs": ("a list of output names", is_list(is_name, 1), True),
+    }
+    check(meta, schema, path, CheckpointError, EXPORT_FIX)
+    return _check_resize(meta, path, EXPORT_FIX)

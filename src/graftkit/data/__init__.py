@@ -1,11 +1,36 @@
-from .decoded import DecodedImages, decode_square
-from .folders import DecodedDataset, ImageBatches, batch_order, view_schedule
-from .images import IMAGE_EXTENSIONS, load_image
-from .scan import BadFile, DataScan, Sample, check_image, scan_data
-from .unlabeled import find_unlabeled_images
-from .transforms import AUGMENTS, augment_key, build_batch_mix, build_eval_transform, build_train_transform, decode_size_for, make_view
+"""Finding, checking and decoding images, and turning them into model inputs.
 
-__all__ = ["AUGMENTS", "augment_key", "build_batch_mix", "BadFile", "DataScan", "DecodedDataset", "DecodedImages", "IMAGE_EXTENSIONS",
-           "ImageBatches", "Sample", "batch_order", "build_eval_transform", "build_train_transform",
-           "check_image", "decode_size_for", "decode_square", "find_unlabeled_images", "load_image", "make_view", "scan_data",
-           "view_schedule"]
+The names load on first use (PEP 562): ``graftkit.data.images``, ``.decoded``, ``.scan`` and
+``.model_input`` are torch-free, so the ONNX predict path (and a server) can decode and preprocess
+images without importing torch; the transforms and datasets, which need torch, load when asked for.
+"""
+from __future__ import annotations
+
+import importlib
+from typing import Any
+
+_LAZY = {
+    "DecodedImages": "decoded", "decode_square": "decoded",
+    "DecodedDataset": "folders", "ImageBatches": "folders", "batch_order": "folders", "view_schedule": "folders",
+    "IMAGE_EXTENSIONS": "images", "load_image": "images",
+    "BadFile": "scan", "DataScan": "scan", "Sample": "scan", "check_image": "scan", "scan_data": "scan",
+    "find_unlabeled_images": "unlabeled",
+    "AUGMENTS": "transforms", "augment_key": "transforms", "build_batch_mix": "transforms",
+    "build_eval_transform": "transforms", "build_train_transform": "transforms", "decode_size_for": "transforms",
+    "make_view": "transforms",
+}
+
+__all__ = sorted(_LAZY)
+
+
+def __getattr__(name: str) -> Any:
+    module = _LAZY.get(name)
+    if module is None:
+        raise AttributeError(f"module 'graftkit.data' has no attribute {name!r}")
+    value = getattr(importlib.import_module(f"{__name__}.{module}"), name)
+    globals()[name] = value
+    return value
+
+
+def __dir__() -> list[str]:
+    return sorted({*globals(), *_LAZY})

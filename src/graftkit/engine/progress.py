@@ -2,8 +2,7 @@
 from __future__ import annotations
 
 import sys
-from contextlib import contextmanager
-from typing import Any, Callable, Iterator
+from typing import Any
 
 
 def resolve_progress(mode: str) -> str:
@@ -60,24 +59,3 @@ class ProgressReporter:
         if self._progress is not None:
             self._progress.stop()
             self._progress = None
-
-
-def stderr_is_terminal() -> bool:
-    return sys.stderr.isatty()
-
-
-@contextmanager
-def stderr_progress(description: str) -> Iterator[Callable[[int, int], None] | None]:
-    """A rich bar on stderr while the block runs, only when stderr is a terminal (never in piped or
-    redirected output); yields ``update(done, total)``, or None when there is no terminal."""
-    if not stderr_is_terminal():
-        yield None
-        return
-    from rich.console import Console
-    from rich.progress import BarColumn, MofNCompleteColumn, Progress, TextColumn, TimeRemainingColumn
-
-    with Progress(TextColumn("{task.description}"), BarColumn(), MofNCompleteColumn(), TextColumn("ETA"),
-                  TimeRemainingColumn(), console=Console(stderr=True, force_terminal=True),
-                  transient=True) as progress:
-        task = progress.add_task(description, total=None)
-        yield lambda done, total: progress.update(task, completed=done, total=total)

@@ -83,12 +83,41 @@ def _read_metrics(path: Path) -> dict[str, Any]:
     return {k: metrics[k] for k in keys if isinstance(metrics, dict) and k in metrics}
 
 
-def load_predictor(path: str | Path, device: str = "cpu") -> Predictor:
-    """The predictor for a run folder (or its model.json). An ``.onnx`` file is the place to plug in
-    the ONNX predictor of ``graftkit.export`` (same interface, ``explain`` returning None)."""
-    from ..errors import ConfigError
+class OnnxPredictor:
+    """An ``.onnx`` file from ``graft export``, on onnxruntime (no torch): no Grad-CAM, and no unknown
+    detector (the training features it needs stay in the run folder)."""
 
+    kind = "onnx"
+    ood = None
+
+    def __init__(self, path: str | Path) -> None:
+        from ..onnx_classifier import OnnxClassifier
+
+        self.classifier = OnnxClassifier(path)
+        self.classes = self.classifier.classes
+        self.decode_size = self.classifier.decode_size
+
+    def predict(self, squares: Sequence[np.ndarray]) -> tuple[np.ndarray, np.ndarray]:
+        probs, features = self.classifier.outputs_for_squares(squares)
+        return probs.astype(np.float32), features
+
+    def explain(self, square: np.ndarray, class_index: int) -> bytes | None:
+        return None
+
+    def info(self) -> dict[str, Any]:
+        meta = self.classifier.meta
+        return {"kind": self.kind, "classes": self.classes, "backbone": meta.get("backbone"),
+                "image_size": int(meta["preprocessing"]["image_size"]), "preprocessing": meta["preprocessing"],
+                "metrics": {}, "calibration": meta.get("calibration"), "unknown": None,
+                "graftkit_version": meta.get("graftkit_version")}
+
+
+def load_predictor(path: str | Path, device: str = "cpu") -> Predictor:
+    """The predictor for a run folder (or its model.json), or for an ``.onnx`` file from ``graft export``."""
     if Path(path).suffix.lower() == ".onnx":
-        raise ConfigError(f"'{path}': serving .onnx files needs graftkit's ONNX predictor, which this build "
-                          f"does not have. Serve the run folder instead.")
+        from ..errors import ConfigError
+
+        if device not in ("auto", "cpu"):
+            raise ConfigError(f"'{path}' runs on onnxruntime's CPU provider; --device {device} is for a run folder.")
+        return OnnxPredictor(path)
     return TorchPredictor(path, device)
