@@ -10,7 +10,7 @@ import typer
 from .errors import ConfigError
 
 
-def serve_command(model: Annotated[Path, typer.Argument(help="Run folder (or its model.json).")],
+def serve_command(model: Annotated[Path, typer.Argument(help="Run folder (or its model.json), or an .onnx file from 'graft export'.", metavar="MODEL")],
                   host: str = typer.Option("127.0.0.1", help="Address to bind. Keep 127.0.0.1 and put a reverse "
                                            "proxy with TLS and auth in front for other machines (docs/serve.md)."),
                   port: int = typer.Option(8000, help="TCP port."),
