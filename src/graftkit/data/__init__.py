@@ -1,5 +1,5 @@
 from .decoded import DecodedImages, decode_square
-from .folders import DecodedDataset, ImageBatches, batch_order, view_schedule
+from .folders import DecodedDataset, ImageBatches, batch_order, step_share, view_schedule
 from .images import IMAGE_EXTENSIONS, load_image
 from .scan import BadFile, DataScan, Sample, check_image, scan_data
 from .unlabeled import find_unlabeled_images
@@ -8,4 +8,4 @@ from .transforms import AUGMENTS, augment_key, build_batch_mix, build_eval_trans
 __all__ = ["AUGMENTS", "augment_key", "build_batch_mix", "BadFile", "DataScan", "DecodedDataset", "DecodedImages", "IMAGE_EXTENSIONS",
            "ImageBatches", "Sample", "batch_order", "build_eval_transform", "build_train_transform",
            "check_image", "decode_size_for", "decode_square", "find_unlabeled_images", "load_image", "make_view", "scan_data",
-           "view_schedule"]
+           "step_share", "view_schedule"]
