@@ -68,6 +68,7 @@ def test_accumulate_gives_the_weights_of_one_part(tmp_path):
 @pytest.mark.parametrize("args, message", [
     (["--nproc", "4096"], "more processes than this machine's"),
     (["--nproc", "2", "--lr-find"], "run in one process"),
+    (["--nproc", "2", "--freeze", "auto"], "run in one process"),
     (["--sync-bn"], "SyncBatchNorm has no CPU kernel"),
     (["--accumulate", "0"], "--accumulate must be >= 1"),
     (["--batch-size", "2", "--accumulate", "3"], "cannot be split into 3 parts"),

@@ -204,7 +204,7 @@ def train(
         if print_config:
             typer.echo(cfg.to_json())
             return
-        if _launched(nproc, cfg, lr_find or pseudo_label or unlabeled is not None):
+        if _launched(nproc, cfg, cfg.freeze_auto):
             return
         run = train_run(cfg)
         if quiet:
@@ -231,7 +231,7 @@ def train(
     if print_config:
         typer.echo(cfg.to_json())
         return
-    if _launched(nproc, cfg, lr_find or pseudo_label or unlabeled is not None):
+    if _launched(nproc, cfg, lr_find or pseudo_label or unlabeled is not None or freeze_auto):
         return
     if pseudo_label or unlabeled is not None:
         from .cli_scarce import train_pseudo_label
@@ -262,8 +262,8 @@ def _launched(nproc: int, cfg: TrainConfig, single_process_only: bool) -> bool:
 
     distributed = nproc > 1 or int(os.environ.get("WORLD_SIZE", "1")) > 1
     if distributed and single_process_only:
-        raise ConfigError("--lr-find, --pseudo-label and --unlabeled run in one process: drop --nproc "
-                          "(or run them first, then train with --nproc).")
+        raise ConfigError("--lr-find, --pseudo-label, --unlabeled and --freeze auto run in one process: drop "
+                          "--nproc (or run them first, then train with --nproc).")
     if nproc == 1:
         return False
     from .engine.distributed import check_launch, launch

@@ -54,6 +54,9 @@ class TrainingData:
             raise ConfigError(f"a batch of {smallest} training image(s) cannot be split into {parts} parts "
                               f"({self.world.size} process(es) x --accumulate {self.cfg.accumulate}); raise "
                               f"--batch-size or lower --nproc / --accumulate.")
+        if len(self.val_keys) < self.world.size:
+            raise ConfigError(f"{len(self.val_keys)} validation image(s) cannot be shared by {self.world.size} "
+                              f"processes; lower --nproc or hold out more images (--val-fraction).")
 
     def batches_for(self, phase: Phase, model: Classifier, device: torch.device, precision: str,
                     report: ProgressReporter) -> tuple[nn.Module, Any, Any]:
@@ -84,6 +87,9 @@ class TrainingData:
                           fold_bn=cfg.fold_bn)  # each rank computes its share of the rows, once
             self.world.barrier()
             store.refresh()  # ... and reads the rows the other ranks wrote
+            if self.world.size > 1:  # a cache folder the ranks do not share (machines): compute the rest here
+                fill_features(store, model, cut, self.decoded, wanted, train_tf, eval_tf, device,
+                              autocast_for(device, precision), self.eval_batch_size, fold_bn=cfg.fold_bn)
             if todo:
                 report.end_epoch(f"cached {len(todo)} feature rows (stages 0-{cut - 1}, {num_views} view(s) per "
                                  f"training image) in {time.perf_counter() - started:.1f}s")
