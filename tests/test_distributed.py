@@ -140,3 +140,34 @@ def test_a_failing_rank_ends_the_job_with_one_line(split_folder, tmp_path, capfd
     assert result.stderr.strip().splitlines()[-1] == ("error: rank 0 of 2 failed (exit code 2); the other ranks "
                                                       "were stopped. Its message is above.")
     assert "already holds a run" in ranks and "Traceback" not in ranks
+
+
+@pytest.mark.slow
+def test_a_run_resumes_on_two_ranks_where_one_process_stopped(tmp_path, monkeypatch):
+    """Interrupted after its first epoch in one process, resumed with --nproc 2: the weights of the
+    uninterrupted run (checkpoint, sample order and history carry over; the global batch is the same)."""
+    from graftkit.engine import fit as fit_module
+
+    data = _odd_split(tmp_path / "data")
+    common = ["--cache-dir", str(tmp_path / "cache"), *EXACT]
+    assert graft("train", str(data), *common, "--out", str(tmp_path / "whole")).returncode == 0
+    real = fit_module._train_epoch
+
+    def stop_in_second_epoch(*args, **kwargs):
+        if args[5] == 1:  # the global epoch index
+            raise KeyboardInterrupt
+        return real(*args, **kwargs)
+
+    with monkeypatch.context() as patch:
+        patch.setattr(fit_module, "_train_epoch", stop_in_second_epoch)
+        assert graft("train", str(data), *common, "--out", str(tmp_path / "cut")).returncode == 130
+    resumed = graft("train", "--resume", str(tmp_path / "cut"), "--nproc", "2")
+    assert resumed.returncode == 0, resumed.stderr
+    rows = [json.loads(line) for line in (tmp_path / "cut" / "history.jsonl").read_text().splitlines()]
+    whole = [json.loads(line) for line in (tmp_path / "whole" / "history.jsonl").read_text().splitlines()]
+    assert [r["epoch"] for r in rows] == [1, 2, 3]
+    assert [r["val_loss"] for r in rows] == pytest.approx([r["val_loss"] for r in whole], rel=1e-5)
+    weights, reference = (load_file(tmp_path / run / "model.safetensors") for run in ("cut", "whole"))
+    for name, tensor in reference.items():
+        torch.testing.assert_close(weights[name], tensor, rtol=1e-4, atol=WEIGHT_ATOL, msg=name)
+    assert json.loads((tmp_path / "cut" / "metrics.json").read_text())["world_size"] == 2

@@ -213,8 +213,8 @@ def _train(cfg: TrainConfig, data: TrainingData, model: Classifier, device: torc
                 _save_checkpoint(out_dir, epoch, model, optimizer, history, best, scan.classes, train_batches, world)
                 checkpoint_epoch, last_checkpoint = epoch, time.perf_counter()
             try:
-                row = _train_epoch(cfg, model, net, trained, phase, phase_epoch, epoch, train_batches, val_batches,
-                                   optimizer, loss_fn, device, autocast, report, world, mix)
+                row = _train_epoch(cfg, model, net, phase, phase_epoch, epoch, train_batches, val_batches,
+                                   optimizer, loss_fn, device, autocast, report, trained, world, mix)
                 check_divergence(row, len(scan.classes))
             except TrainingDiverged as exc:
                 if best_state is None:
@@ -388,9 +388,9 @@ def check_divergence(row: dict[str, Any], num_classes: int) -> None:
                                    f"lower the learning rate (--lr / --finetune-lr).")
 
 
-def _train_epoch(cfg: TrainConfig, model: Classifier, net: nn.Module, trained: nn.Module, phase: Phase,
-                 phase_epoch: int, epoch: int, train_batches, val_batches, optimizer: torch.optim.Optimizer,
-                 loss_fn: nn.Module, device: torch.device, autocast, report: ProgressReporter, world: World,
+def _train_epoch(cfg: TrainConfig, model: Classifier, net: nn.Module, phase: Phase, phase_epoch: int,
+                 epoch: int, train_batches, val_batches, optimizer: torch.optim.Optimizer, loss_fn: nn.Module,
+                 device: torch.device, autocast, report: ProgressReporter, trained: nn.Module, world: World,
                  mix=None) -> dict[str, Any]:
     """One epoch: learning rates from the phase's schedule, training (``trained``: ``net``, or ``net``
     in DistributedDataParallel), then validation of ``net`` on this rank's share, gathered."""

@@ -75,24 +75,7 @@ class TrainingData:
         if cut > 0 and cfg.cache:
             store = open_feature_store(cfg.cache_dir, model, cut, self.image_size, self.decoded.size,
                                        augment_key(cfg.augment), precision, cfg.fold_bn)
-            wanted = [f"{k}:{v}" for k in self.train_keys for v in range(num_views)] + \
-                [f"{k}:0" for k in self.val_keys]
-            todo = store.missing(wanted)
-            self.world.barrier()  # every rank has listed what is missing before any rank writes
-            if todo:
-                report.start_epoch(f"caching stages 0-{cut - 1}", len(self.world.share(todo)))
-            started = time.perf_counter()
-            fill_features(store, model, cut, self.decoded, self.world.share(todo), train_tf, eval_tf, device,
-                          autocast_for(device, precision), self.eval_batch_size, on_batch=report.advance,
-                          fold_bn=cfg.fold_bn)  # each rank computes its share of the rows, once
-            self.world.barrier()
-            store.refresh()  # ... and reads the rows the other ranks wrote
-            if self.world.size > 1:  # a cache folder the ranks do not share (machines): compute the rest here
-                fill_features(store, model, cut, self.decoded, wanted, train_tf, eval_tf, device,
-                              autocast_for(device, precision), self.eval_batch_size, fold_bn=cfg.fold_bn)
-            if todo:
-                report.end_epoch(f"cached {len(todo)} feature rows (stages 0-{cut - 1}, {num_views} view(s) per "
-                                 f"training image) in {time.perf_counter() - started:.1f}s")
+            self._fill_features(store, model, cut, num_views, train_tf, eval_tf, device, precision, report)
             train = FeatureBatches(store, self.train_keys, self.train_labels, batch_size, shuffle=True,
                                    seed=cfg.seed, drop_last=drop_last, num_views=num_views, shard=self.world.shard)
             val = FeatureBatches(store, self.world.share(self.val_keys), self.world.share(self.val_labels),
@@ -105,6 +88,32 @@ class TrainingData:
                              shard=self.world.shard)
         val = self.val_batches(eval_tf, pin)
         return model, train, val
+
+    def _fill_features(self, store, model: Classifier, cut: int, num_views: int, train_tf, eval_tf,
+                       device: torch.device, precision: str, report: ProgressReporter) -> None:
+        """Compute the missing feature rows of stages ``0..cut-1``: the training rows, then the validation
+        rows (each batch of the prefix holds one kind), each rank its share, all reading all after."""
+        def fill(rows: list[str], on_batch=None) -> None:
+            fill_features(store, model, cut, self.decoded, rows, train_tf, eval_tf, device,
+                          autocast_for(device, precision), self.eval_batch_size, on_batch=on_batch,
+                          fold_bn=self.cfg.fold_bn)
+
+        wanted = [[f"{k}:{v}" for k in self.train_keys for v in range(num_views)], [f"{k}:0" for k in self.val_keys]]
+        todo = [store.missing(rows) for rows in wanted]
+        self.world.barrier()  # every rank has listed what is missing before any rank writes
+        total = sum(map(len, todo))
+        if total:
+            report.start_epoch(f"caching stages 0-{cut - 1}", sum(len(self.world.share(rows)) for rows in todo))
+        started = time.perf_counter()
+        for rows in todo:
+            fill(self.world.share(rows), report.advance)
+        self.world.barrier()
+        store.refresh()  # the rows the other ranks wrote
+        if self.world.size > 1:  # a cache folder the ranks do not share (machines): compute the rest here
+            fill(wanted[0] + wanted[1])
+        if total:
+            report.end_epoch(f"cached {total} feature rows (stages 0-{cut - 1}, {num_views} view(s) per "
+                             f"training image) in {time.perf_counter() - started:.1f}s")
 
     def val_batches(self, eval_tf, pin: bool = False) -> ImageBatches:
         """This rank's share of the validation images, in order (all of them alone)."""
