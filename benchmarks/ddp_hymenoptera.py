@@ -5,7 +5,11 @@ seeds) and the wall time of each whole command (interpreter start, torchrun's la
 included). The two configurations alternate seed by seed, so a change in the machine's load falls on
 both. Run folders and caches go under a fresh /tmp folder.
 
-    python benchmarks/ddp_hymenoptera.py [--seeds 3] [--nproc 2] [-- extra graft train flags]
+    python benchmarks/ddp_hymenoptera.py [--seeds 3] [--nproc 2] [--configs one,ddp,one-thread]
+        [-- extra graft train flags]
+
+``one-thread``: one process with OMP_NUM_THREADS=1 (what each rank of ``--nproc N`` gets on a machine
+of N cores): it separates the gain of running ranks in parallel from that of not sharing threads.
 """
 from __future__ import annotations
 
@@ -21,17 +25,20 @@ def main() -> None:
     parser = argparse.ArgumentParser()
     parser.add_argument("--seeds", type=int, default=3)
     parser.add_argument("--nproc", type=int, default=2)
+    parser.add_argument("--configs", default="one,ddp")
     parser.add_argument("extra", nargs="*", help="more graft train flags (after --)")
     args = parser.parse_args()
     print(machine(), flush=True)
     data, work = dataset("hymenoptera"), fresh_dir("ddp")
-    configs = {"1 process": [], f"--nproc {args.nproc}": ["--nproc", str(args.nproc)]}
-    results: dict[str, list[tuple[float, float]]] = {name: [] for name in configs}
+    known = {"one": ("1 process", [], {}), "ddp": (f"--nproc {args.nproc}", ["--nproc", str(args.nproc)], {}),
+             "one-thread": ("1 process, 1 thread", [], {"OMP_NUM_THREADS": "1"})}
+    configs = [known[name] for name in args.configs.split(",")]
+    results: dict[str, list[tuple[float, float]]] = {name: [] for name, _, _ in configs}
     for seed in range(args.seeds):
-        for name, flags in configs.items():
-            out = work / f"{name.replace(' ', '').replace('-', '')}-seed{seed}"
+        for name, flags, env in configs:
+            out = work / f"{name.replace(' ', '').replace('-', '').replace(',', '')}-seed{seed}"
             seconds, _ = run_timed(graft("train", str(data), "--seed", str(seed), "--out", str(out), "--quiet",
-                                         "--cache-dir", str(work / "cache"), *flags, *args.extra))
+                                         "--cache-dir", str(work / "cache"), *flags, *args.extra), env=env)
             accuracy = read_metrics(out)["val_accuracy"]
             results[name].append((accuracy, seconds))
             print(f"{name} seed {seed}: val_accuracy {accuracy:.4f} in {seconds:.0f}s", flush=True)
