@@ -2,6 +2,7 @@
 from __future__ import annotations
 
 import json
+import os
 import sys
 import traceback
 from pathlib import Path
@@ -97,7 +98,7 @@ def check_data(ctx: typer.Context, data_dir: Path,
 
 
 # What --resume may change: how the run goes on, not what it computes (--device: to rounding only).
-RESUME_MAY_CHANGE = ("device", "num_workers", "cache_dir", "checkpoint_every")
+RESUME_MAY_CHANGE = ("device", "num_workers", "cache_dir", "checkpoint_every", "accumulate", "track", "track_uri")
 
 
 def _resume_changes(ctx: typer.Context, cfg: TrainConfig) -> dict:
@@ -106,7 +107,7 @@ def _resume_changes(ctx: typer.Context, cfg: TrainConfig) -> dict:
     changes, conflicts = {}, []
     for name, value in ctx.params.items():
         source = ctx.get_parameter_source(name)  # typer's own click: compare by name
-        if name in ("resume", "data_dir", "quiet", "plain", "print_config") or \
+        if name in ("resume", "data_dir", "quiet", "plain", "print_config", "nproc") or \
                 getattr(source, "name", None) not in ("COMMANDLINE", "ENVIRONMENT"):
             continue
         if name in RESUME_MAY_CHANGE:
@@ -205,6 +206,16 @@ def train(
     max_ratio: float = typer.Option(5.0, help="--pseudo-label: at most this many pseudo-labels per "
                                     "labelled image of a class."),
     max_per_class: Optional[int] = typer.Option(None, help="--pseudo-label: at most this many per class."),
+    nproc: int = typer.Option(1, help="Processes for distributed data parallel (torchrun; gloo on CPUs, one per "
+                              "GPU with NCCL). --batch-size and --lr stay those of the global batch."),
+    accumulate: int = typer.Option(_D["accumulate"], help="Run each batch in this many parts (less memory), one "
+                                   "optimizer step per batch: same results as one part."),
+    sync_bn: bool = typer.Option(_D["sync_bn"], "--sync-bn", help="Distributed on GPUs: BatchNorm layers that "
+                                 "train (scratch, --train-bn) use the global batch's statistics."),
+    track: Optional[str] = typer.Option(None, help="mlflow | tensorboard: record config, per-epoch metrics, "
+                                        "final metrics and model files (docs/tracking.md)."),
+    track_uri: Optional[str] = typer.Option(None, help="MLflow tracking URI or TensorBoard log folder "
+                                            "(default: beside/inside the run folder)."),
 ) -> None:
     """Train a classifier on DATA_DIR and write a run folder."""
     from .workflows.freeze_auto import train_run
@@ -218,6 +229,8 @@ def train(
         cfg = cfg.replace(**_resume_changes(ctx, cfg))
         if print_config:
             typer.echo(cfg.to_json())
+            return
+        if _launched(nproc, cfg, cfg.freeze_auto):
             return
         run = train_run(cfg)
         _after_training(run, quiet)
@@ -238,10 +251,13 @@ def train(
                       split_seed=split_seed, skip_bad_images=skip_bad_images, device=device, num_workers=num_workers,
                       precision=precision, compile=compile, cache=cache, cache_dir=cache_dir,
                       cache_views=cache_views, checkpoint_every=checkpoint_every, out_dir=out,
-                      max_seconds=max_seconds, progress=progress, mixup=mixup, cutmix=cutmix)
+                      max_seconds=max_seconds, progress=progress, mixup=mixup, cutmix=cutmix,
+                      accumulate=accumulate, sync_bn=sync_bn, track=track, track_uri=track_uri)
     _refuse_unused(ctx, cfg)
     if print_config:
         typer.echo(cfg.to_json())
+        return
+    if _launched(nproc, cfg, lr_find or pseudo_label or unlabeled is not None or freeze_auto):
         return
     if pseudo_label or unlabeled is not None:
         from .cli_scarce import train_pseudo_label
@@ -267,12 +283,36 @@ def train(
 
 
 def _after_training(run, quiet: bool) -> None:
+    if int(os.environ.get("RANK", "0")) != 0:  # one of torchrun's ranks: rank 0 speaks for the run
+        return
     if quiet:
         typer.echo(f"val_accuracy {run.metrics['val_accuracy']:.4f} → {run.out_dir}")
     else:
         from .cli_diagnosis import print_run_diagnosis
 
         print_run_diagnosis(run.out_dir)
+
+
+def _launched(nproc: int, cfg: TrainConfig, single_process_only: bool) -> bool:
+    """``--nproc N`` (N > 1): run this same command as N ranks through torchrun's launcher, here."""
+
+    distributed = nproc > 1 or int(os.environ.get("WORLD_SIZE", "1")) > 1
+    if distributed and single_process_only:
+        raise ConfigError("--lr-find, --pseudo-label, --unlabeled and --freeze auto run in one process: drop "
+                          "--nproc (or run them first, then train with --nproc).")
+    if nproc == 1:
+        return False
+    from .engine.distributed import check_launch, launch
+
+    check_launch(nproc, cfg.device)
+    argv, skip = [], False
+    for arg in sys.argv[1:]:  # the same command for every rank, without --nproc
+        if skip or arg == "--nproc" or arg.startswith("--nproc="):
+            skip = arg == "--nproc"
+            continue
+        argv.append(arg)
+    launch(nproc, argv)
+    return True
 
 
 @app.command()
@@ -496,7 +536,8 @@ def main() -> None:
     except GraftError as exc:
         if _state["debug"]:
             traceback.print_exc()
-        typer.echo(f"error: {exc}", err=True)
+        rank = os.environ.get("RANK", "0") if int(os.environ.get("WORLD_SIZE", "1")) > 1 else "0"
+        typer.echo(f"{'' if rank == '0' else f'[rank {rank}] '}error: {exc}", err=True)
         sys.exit(exc.exit_code)
     except KeyboardInterrupt:
         typer.echo("interrupted", err=True)
@@ -504,6 +545,10 @@ def main() -> None:
     except Exception as exc:  # a bug, not bad input: still one line unless --debug
         if _state["debug"]:
             raise
+        if os.environ.get("RANK", "0") != "0" and int(os.environ.get("WORLD_SIZE", "1")) > 1:
+            typer.echo(f"[rank {os.environ['RANK']}] stopped: {type(exc).__name__}: {str(exc)[:200]} (when another "
+                       f"rank failed first, its message is the cause)", err=True)
+            sys.exit(1)
         typer.echo(f"internal error: {type(exc).__name__}: {exc}. Rerun with 'graft --debug ...' for the "
                    f"traceback and report it.", err=True)
         sys.exit(1)

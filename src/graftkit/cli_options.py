@@ -60,8 +60,8 @@ PANELS = {
     "Scarce labels": ("unlabeled", "pseudo_label", "rounds", "threshold", "class_quantile", "max_ratio",
                       "max_per_class"),
     "Speed": ("batch_size", "device", "num_workers", "precision", "compile", "fold_bn", "cache", "cache_dir",
-              "isolate"),
-    "Output": ("out", "quiet", "plain", "checkpoint_every", "resume", "print_config", "report"),
+              "isolate", "nproc", "accumulate", "sync_bn"),
+    "Output": ("out", "quiet", "plain", "checkpoint_every", "resume", "print_config", "report", "track", "track_uri"),
 }
 PANEL_OF = {name: panel for panel, names in PANELS.items() for name in names}
 MIN_OPTIONS_FOR_PANELS = 10
@@ -83,6 +83,8 @@ DEFAULT_TEXT = {  # by option name, or by (command, option name)
     "max_per_class": "no limit",
     "budget_epochs": "6",
     "budget_minutes": "no limit",
+    "track": "off",
+    "track_uri": "mlflow: sqlite:///<runs folder>/mlflow.db; tensorboard: <run>/tensorboard",
 }
 TYPE_NAMES = {int: "INTEGER", float: "NUMBER", str: "TEXT", Path: "PATH"}
 

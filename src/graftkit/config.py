@@ -16,6 +16,7 @@ STRATEGIES = ("scratch", "feature-extraction", "fine-tune")
 DEVICES = ("auto", "cpu", "cuda")
 PROGRESS = ("auto", "bar", "plain", "none")
 PRECISIONS = ("auto", "fp32", "bf16")
+TRACKERS = ("mlflow", "tensorboard")
 MAX_IMAGE_SIZE = 1024    # --image-size: a 1024 px input is decoded and cached at 1170 px (4 MB a row)
 MAX_CACHE_VIEWS = 64     # --cache-views: one backbone pass per view and training image
 MAX_SEED = 2**63 - 1     # --seed, --split-seed: what torch.manual_seed takes
@@ -68,6 +69,8 @@ class TrainConfig:
     dropout: float = 0.2
     train_bn: bool = False         # BatchNorm of unfrozen pretrained stages: batch stats (True) or kept
     batch_size: int | None = None  # None: 32 on a CPU (measured fastest with a bounded heap), 64 on CUDA
+    accumulate: int = 1            # each batch in this many parts, one optimizer step per batch
+    sync_bn: bool = False          # distributed: BatchNorm in train mode uses the global batch's statistics
     augment: str = "light"         # none | light | strong, or a .json/.yaml pipeline file (train only)
     mixup: float = 0.0             # MixUp alpha on image batches (0: off); train only
     cutmix: float = 0.0            # CutMix alpha on image batches (0: off); train only
@@ -89,6 +92,8 @@ class TrainConfig:
     checkpoint_every: float = 10.0  # seconds of training between checkpoints (0: every epoch)
     max_seconds: float | None = None  # wall-clock budget: no new epoch starts after it (None: no limit)
     progress: str = "auto"
+    track: str | None = None       # mlflow | tensorboard: record params, per-epoch metrics, files
+    track_uri: str | None = None   # MLflow tracking URI / TensorBoard log folder (None: next to the run)
 
     def __post_init__(self) -> None:
         _check_types(self)
@@ -102,6 +107,10 @@ class TrainConfig:
         _choice("device", self.device, DEVICES)
         _choice("progress", self.progress, PROGRESS)
         _choice("precision", self.precision, PRECISIONS)
+        if self.track is not None:
+            _choice("track", self.track, TRACKERS)
+        if self.accumulate < 1:
+            raise ConfigError(f"--accumulate must be >= 1 (parts per batch), got {self.accumulate}")
         if not 1 <= self.cache_views <= MAX_CACHE_VIEWS:
             raise ConfigError(f"--cache-views (cache_views) must be between 1 and {MAX_CACHE_VIEWS}, "
                               f"got {self.cache_views}")

@@ -11,7 +11,8 @@ from typing import Any
 
 _LAZY = {
     "DecodedImages": "decoded", "decode_square": "decoded",
-    "DecodedDataset": "folders", "ImageBatches": "folders", "batch_order": "folders", "view_schedule": "folders",
+    "DecodedDataset": "folders", "ImageBatches": "folders", "batch_order": "folders", "step_share": "folders",
+    "view_schedule": "folders",
     "IMAGE_EXTENSIONS": "images", "load_image": "images",
     "BadFile": "scan", "DataScan": "scan", "Sample": "scan", "check_image": "scan", "scan_data": "scan",
     "find_unlabeled_images": "unlabeled",

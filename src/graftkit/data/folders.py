@@ -12,13 +12,26 @@ from .transforms import make_view
 
 
 def batch_order(num_items: int, batch_size: int, shuffle: bool, generator: torch.Generator | None,
-                drop_last: bool) -> list[list[int]]:
-    """Index batches for one epoch; shuffled with ``generator`` (the global RNG is not touched)."""
+                drop_last: bool, shard: tuple[int, int] = (0, 1)) -> list[list[int]]:
+    """Index batches for one epoch; shuffled with ``generator`` (the global RNG is not touched).
+
+    ``shard=(rank, world_size)``: every rank draws the same global batches and keeps every
+    ``world_size``-th index of each, so the ranks' parts of a step are disjoint and together are
+    exactly the batch a single process trains on (distributed data parallel).
+    """
     order = torch.randperm(num_items, generator=generator).tolist() if shuffle else list(range(num_items))
     batches = [order[i:i + batch_size] for i in range(0, num_items, batch_size)]
     if drop_last and len(batches) > 1 and len(batches[-1]) < batch_size:
         batches.pop()
-    return batches
+    rank, world_size = shard
+    return [batch[rank::world_size] for batch in batches]
+
+
+def step_share(num_items: int, batch_size: int, shard: tuple[int, int]) -> float:
+    """Images per rank in a step's global batch (a whole batch, or all items when they fit in one;
+    a fraction when a rank's part is uneven): a rank weights its loss by ``len(part) / step_share``
+    so the all-reduced gradient is the global batch's mean exactly."""
+    return min(batch_size, num_items) / shard[1]
 
 
 def view_schedule(seed: int, epoch: int, num_items: int, num_views: int) -> np.ndarray:
@@ -64,9 +77,9 @@ class ImageBatches:
 
     def __init__(self, dataset: DecodedDataset, batch_size: int, shuffle: bool = False, seed: int = 0,
                  drop_last: bool = False, num_views: int | None = None, num_workers: int = 0,
-                 pin_memory: bool = False) -> None:
+                 pin_memory: bool = False, shard: tuple[int, int] = (0, 1)) -> None:
         self.dataset, self.batch_size, self.shuffle, self.seed = dataset, batch_size, shuffle, seed
-        self.drop_last, self.num_views = drop_last, num_views
+        self.drop_last, self.num_views, self.shard = drop_last, num_views, shard
         self.num_workers, self.pin_memory = num_workers, pin_memory
         self.generator = torch.Generator().manual_seed(seed)
         self.epoch = 0
@@ -81,8 +94,13 @@ class ImageBatches:
         full, rest = divmod(n, self.batch_size)
         return full + (1 if rest and not (self.drop_last and full > 0) else 0)
 
+    @property
+    def step_share(self) -> float:
+        return step_share(len(self.dataset), self.batch_size, self.shard)
+
     def __iter__(self) -> Iterator[tuple[torch.Tensor, torch.Tensor]]:
-        batches = batch_order(len(self.dataset), self.batch_size, self.shuffle, self.generator, self.drop_last)
+        batches = batch_order(len(self.dataset), self.batch_size, self.shuffle, self.generator, self.drop_last,
+                              self.shard)
         if self.num_workers > 0:
             loader = DataLoader(self.dataset, batch_sampler=batches, num_workers=self.num_workers,
                                 pin_memory=self.pin_memory, persistent_workers=False,

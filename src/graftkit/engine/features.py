@@ -19,7 +19,7 @@ import torch
 from torch import nn
 
 from ..cache import ArrayStore
-from ..data import DecodedImages, batch_order, make_view, view_schedule
+from ..data import DecodedImages, batch_order, make_view, step_share, view_schedule
 from ..heads import Classifier
 from .fusion import fold_frozen_batchnorm
 
@@ -74,12 +74,12 @@ def open_feature_store(cache_dir: Path, classifier: Classifier, cut: int, image_
 
 
 def fill_features(store: ArrayStore, classifier: Classifier, cut: int, decoded: DecodedImages,
-                  keys: Sequence[str], views: Sequence[int], train_transform: Callable,
-                  eval_transform: Callable, device: torch.device, autocast: Callable,
-                  batch_size: int = 16, on_batch: Callable[[int], None] | None = None,
-                  fold_bn: bool = True, rows_per_chunk: int = 1024) -> int:
-    """Compute and store the prefix output of every (image, view) not yet in ``store``."""
-    todo = store.missing(f"{k}:{v}" for k in keys for v in views)
+                  feature_keys: Sequence[str], train_transform: Callable, eval_transform: Callable,
+                  device: torch.device, autocast: Callable, batch_size: int = 16,
+                  on_batch: Callable[[int], None] | None = None, fold_bn: bool = True,
+                  rows_per_chunk: int = 1024) -> int:
+    """Compute and store the prefix output of every ``"image key:view"`` not yet in ``store``."""
+    todo = store.missing(feature_keys)
     classifier.eval()
     pending_keys: list[str] = []
     pending_rows: list[np.ndarray] = []
@@ -109,8 +109,8 @@ class FeatureBatches:
 
     def __init__(self, store: ArrayStore, keys: Sequence[str], labels: Sequence[int], batch_size: int,
                  shuffle: bool = False, seed: int = 0, drop_last: bool = False,
-                 num_views: int | None = None) -> None:
-        self.store, self.keys = store, list(keys)
+                 num_views: int | None = None, shard: tuple[int, int] = (0, 1)) -> None:
+        self.store, self.keys, self.shard = store, list(keys), shard
         self.labels = torch.tensor(list(labels))
         self.batch_size, self.shuffle, self.seed, self.drop_last = batch_size, shuffle, seed, drop_last
         self.num_views = num_views
@@ -125,9 +125,13 @@ class FeatureBatches:
         full, rest = divmod(len(self.keys), self.batch_size)
         return full + (1 if rest and not (self.drop_last and full > 0) else 0)
 
+    @property
+    def step_share(self) -> float:
+        return step_share(len(self.keys), self.batch_size, self.shard)
+
     def __iter__(self) -> Iterator[tuple[torch.Tensor, torch.Tensor]]:
         for indices in batch_order(len(self.keys), self.batch_size, self.shuffle, self.generator,
-                                   self.drop_last):
+                                   self.drop_last, self.shard):
             rows = self.store.get([f"{self.keys[i]}:{self.views[i]}" for i in indices])
             yield torch.from_numpy(rows).float(), self.labels[indices]
 

@@ -32,12 +32,14 @@ from ..strategies import Phase, build_optimizer, build_phases, phase_at, set_lea
 from .checkpoint import (CHECKPOINT_NAME, atomic_write_text, capture_rng, load_checkpoint, load_model,
                          restore_rng, save_checkpoint, save_model)
 from .confidence import fit_confidence
+from .distributed import World, join
 from .features import TailModel, capture_pooled
 from .fusion import fold_frozen_batchnorm
 from .loop import TrainingDiverged, evaluate, train_one_epoch
 from .prepare import TrainingData, prepare
 from .progress import ProgressReporter
 from .runtime import autocast_for, seed_everything
+from .tracking import NO_TRACKER, Tracker, build_tracker, require_tracker
 
 class Interrupted(GraftError):
     """Ctrl-C or SIGTERM: the run stopped cleanly and can be resumed."""
@@ -136,13 +138,17 @@ def fit(cfg: TrainConfig, scan: DataScan | None = None) -> Run:
         raise ConfigError("freeze_auto trains several runs: call graftkit.train(...) or "
                           "graftkit.workflows.freeze_auto.fit_auto_freeze(cfg), not fit(cfg)")
     refuse_out_inside_data(cfg.out_dir or default_out_dir(cfg.strategy), cfg.data_dir)  # before the scan
+    require_tracker(cfg.track)
     started = time.perf_counter()
-    seed_everything(cfg.seed)
-    report = ProgressReporter(cfg.progress)
-    scratch_cache = None if cfg.cache else Path(tempfile.mkdtemp(prefix="graftkit-nocache-"))
+    world = join(cfg.device)  # alone, or one of the ranks torchrun started (distributed data parallel)
+    seed_everything(cfg.seed)  # the same on every rank: the same initial weights everywhere
+    report = ProgressReporter(cfg.progress if world.is_main else "none")  # rank 0 speaks for the run
+    # without the cache, a scratch folder for this run only (rank 0's, shared by all ranks)
+    scratch_cache = None if cfg.cache else Path(world.from_main(
+        tempfile.mkdtemp(prefix="graftkit-nocache-") if world.is_main else None))
     try:
         with _sigterm_interrupts():
-            return _fit(cfg, scan, report, started, scratch_cache or cfg.cache_dir)
+            return _fit(cfg, scan, report, started, scratch_cache or cfg.cache_dir, world)
     finally:
         report.close()
         if scratch_cache is not None:
@@ -150,20 +156,34 @@ def fit(cfg: TrainConfig, scan: DataScan | None = None) -> Run:
 
 
 def _fit(cfg: TrainConfig, scan: DataScan | None, report: ProgressReporter, started: float,
-         cache_dir: Path) -> Run:
-    prepared = prepare(cfg, scan, cache_dir)
+         cache_dir: Path, world: World) -> Run:
+    prepared = prepare(cfg, scan, cache_dir, world)
     data, model, device, precision = prepared.data, prepared.model, prepared.device, prepared.precision
     scan, backbone = data.scan, model.backbone
-    out_dir = _prepare_run_dir(cfg, data, report, precision)
+    if world.size > 1:  # each rank its own dropout and augmentation draws (the weights are the same)
+        seed_everything(cfg.seed + world.rank)
+    # rank 0 writes the run folder; every rank reads from it (--resume)
+    out_dir = world.from_main(_prepare_run_dir(cfg, data, report, precision) if world.is_main else None)
+    tracker = build_tracker(cfg, out_dir) if world.is_main else NO_TRACKER  # reads results, rank 0 only
+    try:
+        return _train(cfg, data, model, device, precision, report, started, world, out_dir, tracker)
+    except BaseException as exc:
+        tracker.close(exc)
+        raise
+
+
+def _train(cfg: TrainConfig, data: TrainingData, model: Classifier, device: torch.device, precision: str,
+           report: ProgressReporter, started: float, world: World, out_dir: Path, tracker: Tracker) -> Run:
+    scan, backbone = data.scan, model.backbone
     phases = build_phases(cfg, backbone.num_stages)
     optimizer = build_optimizer(model, cfg.weight_decay)
     loss_fn = nn.CrossEntropyLoss(label_smoothing=cfg.label_smoothing)
     report.message(f"{cfg.strategy} · {backbone.name} ({'pretrained' if backbone.pretrained else 'random init'}) "
                    f"· {len(scan.classes)} classes · {len(scan.train)} train / {len(scan.val)} val images "
-                   f"· {data.image_size}px · {device.type} {precision} · {_epochs_text(cfg)} · decoded "
+                   f"· {data.image_size}px · {device.type} {precision}{world.describe()} · {_epochs_text(cfg)} · decoded "
                    f"{data.decoded.decoded_now} new image(s) → {out_dir}")
     meta = model_meta(cfg, model, scan.classes, data.image_size, precision)
-    state = _restore(cfg, out_dir, scan.classes, model, optimizer, report)
+    state = _restore(cfg, out_dir, scan.classes, model, optimizer, report, world.is_main)
     history, best, best_state, resumed = state["history"], state["best"], state["best_state"], state["resumed"]
     start_epoch = epoch = state["epoch"]
     started -= state["elapsed"]  # wall-clock figures (elapsed, seconds_total, max_seconds) go on after a resume
@@ -185,17 +205,18 @@ def _fit(cfg: TrainConfig, scan: DataScan | None, report: ProgressReporter, star
                 autocast = autocast_for(device, "fp32" if head_only else precision)
                 if cfg.compile and not head_only:
                     net = torch.compile(net)
+                trained = world.wrap(net)  # DDP: gradients all-reduced over the ranks (alone: net)
             if resumed is not None:  # continue every random stream exactly where it stopped
-                restore_rng(resumed["rng"])
+                restore_rng(_rank_rng(resumed, world))
                 if phase_epoch != 0:
                     train_batches.generator.set_state(resumed["batch_generator"])
                 resumed = None
             if checkpoint_epoch is None:  # the state at the start: an interrupt from here on can resume
-                _save_checkpoint(out_dir, epoch, model, optimizer, history, best, scan.classes, train_batches)
+                _save_checkpoint(out_dir, epoch, model, optimizer, history, best, scan.classes, train_batches, world)
                 checkpoint_epoch, last_checkpoint = epoch, time.perf_counter()
             try:
                 row = _train_epoch(cfg, model, net, phase, phase_epoch, epoch, train_batches, val_batches,
-                                   optimizer, loss_fn, device, autocast, report, mix)
+                                   optimizer, loss_fn, device, autocast, report, trained, world, mix)
                 check_divergence(row, len(scan.classes))
             except TrainingDiverged as exc:
                 if best_state is None:
@@ -210,23 +231,26 @@ def _fit(cfg: TrainConfig, scan: DataScan | None, report: ProgressReporter, star
             row["seconds"] += setup_seconds
             row["elapsed"], setup_seconds = time.perf_counter() - started, 0.0
             history.append(row)
-            with (out_dir / "history.jsonl").open("a") as f:
-                f.write(json.dumps(row) + "\n")
+            if world.is_main:
+                with (out_dir / "history.jsonl").open("a") as f:
+                    f.write(json.dumps(row) + "\n")
+            tracker.on_epoch_end(row)
             improved = (row["val_accuracy"], -row["val_loss"]) > (best["val_accuracy"], -best["val_loss"])
             if improved:
                 best, best_state = {**row}, copy.deepcopy(model.state_dict())
-                save_model(out_dir, model, {**meta, "epoch": epoch + 1})
+                if world.is_main:
+                    save_model(out_dir, model, {**meta, "epoch": epoch + 1})
             epoch += 1
             phase_done = epoch >= cfg.total_epochs or phase_at(phases, epoch)[0] != phase_index
-            if phase_done or time.perf_counter() - last_checkpoint >= cfg.checkpoint_every:
-                _save_checkpoint(out_dir, epoch, model, optimizer, history, best, scan.classes, train_batches)
+            if world.agree(phase_done or time.perf_counter() - last_checkpoint >= cfg.checkpoint_every):
+                _save_checkpoint(out_dir, epoch, model, optimizer, history, best, scan.classes, train_batches, world)
                 checkpoint_epoch, last_checkpoint = epoch, time.perf_counter()
             report.end_epoch(f"epoch {epoch:>2}/{cfg.total_epochs} {phase.name:<8} "
                              f"train_loss {row['train_loss']:.4f} val_loss {row['val_loss']:.4f} "
                              f"val_acc {row['val_accuracy']:.4f} {time.perf_counter() - epoch_start:6.1f}s"
                              f"{'  *best' if improved else ''}")
             if cfg.max_seconds is not None and epoch < cfg.total_epochs and \
-                    time.perf_counter() - started >= cfg.max_seconds:  # the wall-clock budget is spent
+                    world.agree(time.perf_counter() - started >= cfg.max_seconds):  # the wall-clock budget is spent
                 stopped = {"reason": "max_seconds", "after_epoch": epoch, "max_seconds": cfg.max_seconds}
                 report.message(f"time budget of {cfg.max_seconds:.0f}s spent after epoch {epoch} of "
                                f"{cfg.total_epochs}; stopping (the best epoch so far is kept)")
@@ -236,22 +260,35 @@ def _fit(cfg: TrainConfig, scan: DataScan | None, report: ProgressReporter, star
     model.load_state_dict(best_state)
     with capture_pooled(model) as val_features:
         metrics, final = _final_metrics(cfg, data, model, device, precision, phases, history, best, diverged, started)
-    metrics["stopped_early"] = stopped
-    metrics.update(fit_confidence(cfg, data, model, device, precision, phases, final["logits"].numpy(),
-                                  torch.cat(val_features).numpy(), out_dir))
-    _write_predictions(out_dir / "predictions.csv", scan, final["probs"], final["labels"])
-    atomic_write_text(out_dir / "metrics.json", json.dumps(metrics, indent=2))
+    metrics["stopped_early"], metrics["world_size"], metrics["accumulate"] = stopped, world.size, cfg.accumulate
+    features = world.gather(torch.cat(val_features))  # each rank pooled its share of the val images
+    if world.is_main:  # the temperature and the unknown detector are fitted once, by the rank that writes
+        metrics.update(fit_confidence(cfg, data, model, device, precision, phases, final["logits"].numpy(),
+                                      features.numpy(), out_dir))
+        _write_predictions(out_dir / "predictions.csv", scan, final["probs"], final["labels"])
+        atomic_write_text(out_dir / "metrics.json", json.dumps(metrics, indent=2))
+    world.barrier()
+    tracker.on_run_end(metrics)
     report.message(f"val_accuracy {metrics['val_accuracy']:.4f} (best epoch {metrics['best_epoch']}, "
                    f"{metrics['best_phase']}) in {metrics['seconds_total']:.0f}s → {out_dir}")
     return Run(out_dir, cfg, scan.classes, metrics, history, model)
 
 
 def _save_checkpoint(out_dir: Path, epoch: int, model: Classifier, optimizer: torch.optim.Optimizer,
-                     history: list, best: dict, classes: list[str], train_batches) -> None:
-    """``checkpoint.pt`` with the state after ``epoch`` epochs (0: before the first one)."""
-    save_checkpoint(out_dir, {"epoch": epoch, "model": model.state_dict(), "optimizer": optimizer.state_dict(),
-                              "history": history, "best": best, "rng": capture_rng(), "classes": classes,
-                              "batch_generator": train_batches.generator.get_state()})
+                     history: list, best: dict, classes: list[str], train_batches, world: World) -> None:
+    """``checkpoint.pt`` with the state after ``epoch`` epochs (0: before the first one), written by
+    rank 0 with every rank's random states."""
+    rng_by_rank = world.gather_objects(capture_rng())
+    if world.is_main:
+        save_checkpoint(out_dir, {"epoch": epoch, "model": model.state_dict(), "optimizer": optimizer.state_dict(),
+                                  "history": history, "best": best, "rng": rng_by_rank[0], "classes": classes,
+                                  "rng_by_rank": rng_by_rank, "batch_generator": train_batches.generator.get_state()})
+
+
+def _rank_rng(resumed: dict[str, Any], world: World) -> dict[str, Any]:
+    """This rank's random states from a checkpoint (rank 0's when it was written by fewer ranks)."""
+    by_rank = resumed.get("rng_by_rank") or [resumed["rng"]]
+    return by_rank[world.rank] if world.rank < len(by_rank) else resumed["rng"]
 
 
 def _interrupted(exc: KeyboardInterrupt, out_dir: Path, epoch: int, checkpoint_epoch: int | None) -> Interrupted:
@@ -297,7 +334,7 @@ def _prepare_run_dir(cfg: TrainConfig, data: TrainingData, report: ProgressRepor
 
 
 def _restore(cfg: TrainConfig, out_dir: Path, classes: list[str], model: Classifier,
-             optimizer: torch.optim.Optimizer, report: ProgressReporter) -> dict[str, Any]:
+             optimizer: torch.optim.Optimizer, report: ProgressReporter, write: bool = True) -> dict[str, Any]:
     """A fresh start, or the state of an interrupted run's last checkpoint (``--resume``)."""
     state: dict[str, Any] = {"epoch": 0, "history": [], "best": {"val_accuracy": -1.0, "val_loss": float("inf")},
                              "best_state": None, "resumed": None, "elapsed": 0.0}
@@ -311,7 +348,8 @@ def _restore(cfg: TrainConfig, out_dir: Path, classes: list[str], model: Classif
                  "resumed": resumed, "elapsed": float(resumed["history"][-1].get("elapsed", 0.0))
                  if resumed["history"] else 0.0}
         report.message(f"resuming after epoch {state['epoch']} of {cfg.total_epochs}")
-    atomic_write_text(out_dir / "history.jsonl", "".join(json.dumps(r) + "\n" for r in state["history"]))
+    if write:
+        atomic_write_text(out_dir / "history.jsonl", "".join(json.dumps(r) + "\n" for r in state["history"]))
     return state
 
 
@@ -323,7 +361,7 @@ def _final_metrics(cfg: TrainConfig, data: TrainingData, model: Classifier, devi
     model.eval()
     with fold_frozen_batchnorm(model, enabled=cfg.fold_bn):
         final = evaluate(model, data.val_batches(build_eval_transform(data.image_size, backbone.mean, backbone.std)),
-                         device, cfg.channels_last, autocast=autocast_for(device, precision))
+                         device, cfg.channels_last, autocast=autocast_for(device, precision), gather=data.world.gather)
     phase_seconds: dict[str, float] = {}
     for row in history:
         phase_seconds[row["phase"]] = phase_seconds.get(row["phase"], 0.0) + row["seconds"]
@@ -365,8 +403,10 @@ def check_divergence(row: dict[str, Any], num_classes: int) -> None:
 
 def _train_epoch(cfg: TrainConfig, model: Classifier, net: nn.Module, phase: Phase, phase_epoch: int,
                  epoch: int, train_batches, val_batches, optimizer: torch.optim.Optimizer, loss_fn: nn.Module,
-                 device: torch.device, autocast, report: ProgressReporter, mix=None) -> dict[str, Any]:
-    """One epoch: learning rates from the phase's schedule, training, then validation."""
+                 device: torch.device, autocast, report: ProgressReporter, trained: nn.Module, world: World,
+                 mix=None) -> dict[str, Any]:
+    """One epoch: learning rates from the phase's schedule, training (``trained``: ``net``, or ``net``
+    in DistributedDataParallel), then validation of ``net`` on this rank's share, gathered."""
     multipliers = phase.lr_multipliers(model.backbone.num_stages)
     steps = len(train_batches)
 
@@ -381,12 +421,16 @@ def _train_epoch(cfg: TrainConfig, model: Classifier, net: nn.Module, phase: Pha
     net.train()  # frozen BatchNorm stays in eval mode, and is folded into its conv
     # Folding and torch.compile together measured 2x slower than either: compile wins.
     with fold_frozen_batchnorm(model, enabled=cfg.fold_bn and not cfg.compile):
-        train_stats = train_one_epoch(net, train_batches, optimizer, set_lr, loss_fn, device,
-                                      cfg.channels_last, on_step=report.step, autocast=autocast, mix=mix)
-        val_stats = evaluate(net, val_batches, device, cfg.channels_last, autocast=autocast)
+        # Under DDP the ranks agree on divergence through the summed epoch loss, not per step.
+        train_stats = train_one_epoch(trained, train_batches, optimizer, set_lr, loss_fn, device,
+                                      cfg.channels_last, on_step=report.step, autocast=autocast, mix=mix,
+                                      accumulate=cfg.accumulate, sum_over_ranks=world.sum,
+                                      stop_on_nan=world.size == 1)
+        val_stats = evaluate(net, val_batches, device, cfg.channels_last, autocast=autocast, gather=world.gather)
     return {"phase": phase.name, "epoch": epoch + 1, "phase_epoch": phase_epoch + 1,
             "train_loss": train_stats["train_loss"], "train_accuracy": train_stats["train_accuracy"],
             "val_loss": val_stats["val_loss"], "val_accuracy": val_stats["val_accuracy"], "lr": phase.lr,
+            "train_images": train_stats["images"],
             "seconds": time.perf_counter() - started, "train_images_per_second": train_stats["images_per_second"]}
 
 

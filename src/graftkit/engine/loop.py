@@ -10,6 +10,7 @@ from torch import nn
 
 from .. import metrics
 from ..errors import GraftError
+from .distributed import gradient_sync
 
 
 class TrainingDiverged(GraftError):
@@ -27,35 +28,47 @@ def to_device(images: torch.Tensor, labels: torch.Tensor, device: torch.device,
 def train_one_epoch(model: nn.Module, loader: Iterable, optimizer: torch.optim.Optimizer,
                     set_lr: Callable[[int], float], loss_fn: nn.Module, device: torch.device,
                     channels_last: bool = True, on_step: Callable[[float], None] | None = None,
-                    autocast: Callable = contextlib.nullcontext, mix: Callable | None = None) -> dict:
+                    autocast: Callable = contextlib.nullcontext, mix: Callable | None = None,
+                    accumulate: int = 1, sum_over_ranks: Callable[[list], list] = list,
+                    stop_on_nan: bool = True) -> dict:
     """Train over ``loader`` once; ``set_lr(step)`` sets this step's learning rates first.
 
     ``mix(images, labels) -> (images, soft targets)`` is MixUp/CutMix on the batch, if any.
+    ``accumulate``: each batch runs as that many parts, one optimizer step per batch. Each part's
+    loss weighs its share of the step's global batch (``loader.step_share`` images per rank), so
+    the gradient is the batch mean whether the batch ran whole, in parts, or on several ranks.
+    ``sum_over_ranks`` sums the epoch's figures over the ranks (distributed data parallel).
     """
     model.train()
     total_loss, correct, seen = 0.0, 0, 0
     started = time.perf_counter()
+    share = getattr(loader, "step_share", None)
     for step, (images, labels) in enumerate(loader):
         set_lr(step)
-        images, labels = to_device(images, labels, device, channels_last)
-        targets = labels
-        if mix is not None:  # soft targets for the loss; accuracy still counts the original labels
-            images, targets = mix(images, labels)
-        with autocast():
-            logits = model(images)
-            loss = loss_fn(logits.float(), targets)
-        if not torch.isfinite(loss):
-            raise TrainingDiverged(f"the training loss became {loss.item()} at step {step}; "
-                                   f"lower the learning rate (--lr / --finetune-lr).")
         optimizer.zero_grad(set_to_none=True)
-        loss.backward()
+        batch_share = share or len(labels)  # this rank's images of the step's global batch
+        parts = list(zip(images.tensor_split(accumulate), labels.tensor_split(accumulate)))
+        for part, (part_images, part_labels) in enumerate(parts):
+            part_images, part_labels = to_device(part_images, part_labels, device, channels_last)
+            targets = part_labels
+            if mix is not None:  # soft targets for the loss; accuracy still counts the original labels
+                part_images, targets = mix(part_images, part_labels)
+            with gradient_sync(model, now=part == len(parts) - 1):  # DDP: all-reduce after the last part
+                with autocast():
+                    logits = model(part_images)
+                    loss = loss_fn(logits.float(), targets)
+                if stop_on_nan and not torch.isfinite(loss):
+                    raise TrainingDiverged(f"the training loss became {loss.item()} at step {step}; "
+                                           f"lower the learning rate (--lr / --finetune-lr).")
+                (loss * (len(part_labels) / batch_share)).backward()
+            total_loss += loss.item() * len(part_labels)
+            correct += (logits.argmax(1) == part_labels).sum().item()
+            seen += len(part_labels)
         optimizer.step()
-        total_loss += loss.item() * len(labels)
-        correct += (logits.argmax(1) == labels).sum().item()
-        seen += len(labels)
         if on_step is not None:
             on_step(loss.item())
-    return {"train_loss": total_loss / max(seen, 1), "train_accuracy": correct / max(seen, 1),
+    total_loss, correct, seen = sum_over_ranks([total_loss, correct, seen])
+    return {"train_loss": total_loss / max(seen, 1), "train_accuracy": correct / max(seen, 1), "images": int(seen),
             "images_per_second": seen / max(time.perf_counter() - started, 1e-9)}
 
 
@@ -75,10 +88,14 @@ def predict_logits(model: nn.Module, loader: Iterable, device: torch.device, cha
 
 
 def evaluate(model: nn.Module, loader: Iterable, device: torch.device, channels_last: bool = True,
-             autocast: Callable = contextlib.nullcontext) -> dict:
+             autocast: Callable = contextlib.nullcontext, gather: Callable = lambda rows: rows) -> dict:
     """Validation loss (plain cross-entropy), accuracy, and the probabilities behind them; the
-    figures come from :mod:`graftkit.metrics`, as ``graft evaluate``'s do."""
+    figures come from :mod:`graftkit.metrics`, as ``graft evaluate``'s do.
+
+    ``gather`` collects the rows of every rank's share of the images (distributed data parallel),
+    so each image is scored exactly once."""
     logits, labels = predict_logits(model, loader, device, channels_last, autocast)
+    logits, labels = gather(logits), gather(labels)
     probs = logits.softmax(1)
     return {"val_loss": metrics.log_loss(labels.numpy(), probs.numpy()),
             "val_accuracy": metrics.accuracy(labels.numpy(), probs.argmax(1).numpy()), "probs": probs,

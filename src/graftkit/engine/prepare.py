@@ -18,8 +18,10 @@ from ..config import TrainConfig
 from ..data import (DataScan, DecodedDataset, DecodedImages, ImageBatches, augment_key, build_eval_transform,
                     build_train_transform, decode_size_for, scan_data)
 from ..data.conflicts import find_label_conflicts
+from ..errors import ConfigError
 from ..heads import Classifier
 from ..strategies import Phase
+from .distributed import World
 from .features import FeatureBatches, TailModel, fill_features, open_feature_store
 from .progress import ProgressReporter
 from .runtime import autocast_for, eval_batch_size, resolve_device, resolve_precision, train_batch_size
@@ -29,8 +31,9 @@ class TrainingData:
     """The scanned data with its decoded-image cache, and the batches each phase trains on."""
 
     def __init__(self, cfg: TrainConfig, scan: DataScan, decoded: DecodedImages, image_size: int,
-                 device: torch.device) -> None:
+                 device: torch.device, world: World | None = None) -> None:
         self.cfg, self.scan, self.decoded, self.image_size = cfg, scan, decoded, image_size
+        self.world = world or World(device=device)
         self.batch_size, self.eval_batch_size = train_batch_size(cfg, device), eval_batch_size(device)
         self.head_batch_size = train_batch_size(cfg, device, head_only=True)
         self.train_keys = decoded.keys([s.path for s in scan.train])
@@ -40,6 +43,20 @@ class TrainingData:
         self.duplicates = [s.path for s, k in zip(scan.val, self.val_keys) if k in in_train]
         self.val_labels = [s.label for s in scan.val]
         self.label_conflicts = find_label_conflicts([*scan.train, *scan.val], [*self.train_keys, *self.val_keys])
+        self._check_parts()
+
+    def _check_parts(self) -> None:
+        """Every rank needs images in every part of every batch (a batch runs as ``accumulate`` parts
+        on each rank)."""
+        parts = self.world.size * self.cfg.accumulate
+        smallest = min(self.batch_size, self.head_batch_size, len(self.train_keys))
+        if smallest < parts:
+            raise ConfigError(f"a batch of {smallest} training image(s) cannot be split into {parts} parts "
+                              f"({self.world.size} process(es) x --accumulate {self.cfg.accumulate}); raise "
+                              f"--batch-size or lower --nproc / --accumulate.")
+        if len(self.val_keys) < self.world.size:
+            raise ConfigError(f"{len(self.val_keys)} validation image(s) cannot be shared by {self.world.size} "
+                              f"processes; lower --nproc or hold out more images (--val-fraction).")
 
     def batches_for(self, phase: Phase, model: Classifier, device: torch.device, precision: str,
                     report: ProgressReporter) -> tuple[nn.Module, Any, Any]:
@@ -58,33 +75,51 @@ class TrainingData:
         if cut > 0 and cfg.cache:
             store = open_feature_store(cfg.cache_dir, model, cut, self.image_size, self.decoded.size,
                                        augment_key(cfg.augment), precision, cfg.fold_bn)
-            views = list(range(num_views))
-            todo = len(store.missing(f"{k}:{v}" for k in self.train_keys for v in views)) + \
-                len(store.missing(f"{k}:0" for k in self.val_keys))
-            if todo:
-                report.start_epoch(f"caching stages 0-{cut - 1}", todo)
-            started = time.perf_counter()
-            for keys, key_views in ((self.train_keys, views), (self.val_keys, [0])):
-                fill_features(store, model, cut, self.decoded, keys, key_views, train_tf, eval_tf, device,
-                              autocast_for(device, precision), self.eval_batch_size,
-                              on_batch=report.advance, fold_bn=cfg.fold_bn)
-            if todo:
-                report.end_epoch(f"cached {todo} feature rows (stages 0-{cut - 1}, {len(views)} view(s) per "
-                                 f"training image) in {time.perf_counter() - started:.1f}s")
+            self._fill_features(store, model, cut, num_views, train_tf, eval_tf, device, precision, report)
             train = FeatureBatches(store, self.train_keys, self.train_labels, batch_size, shuffle=True,
-                                   seed=cfg.seed, drop_last=drop_last, num_views=num_views)
-            val = FeatureBatches(store, self.val_keys, self.val_labels, self.eval_batch_size)
+                                   seed=cfg.seed, drop_last=drop_last, num_views=num_views, shard=self.world.shard)
+            val = FeatureBatches(store, self.world.share(self.val_keys), self.world.share(self.val_labels),
+                                 self.eval_batch_size)
             return TailModel(model, cut), train, val
         pin = device.type == "cuda"
         train = ImageBatches(DecodedDataset(self.decoded, self.train_keys, self.train_labels, train_tf, eval_tf),
                              batch_size, shuffle=True, seed=cfg.seed, drop_last=drop_last,
-                             num_views=num_views, num_workers=cfg.num_workers, pin_memory=pin)
+                             num_views=num_views, num_workers=cfg.num_workers, pin_memory=pin,
+                             shard=self.world.shard)
         val = self.val_batches(eval_tf, pin)
         return model, train, val
 
+    def _fill_features(self, store, model: Classifier, cut: int, num_views: int, train_tf, eval_tf,
+                       device: torch.device, precision: str, report: ProgressReporter) -> None:
+        """Compute the missing feature rows of stages ``0..cut-1``: the training rows, then the validation
+        rows (each batch of the prefix holds one kind), each rank its share, all reading all after."""
+        def fill(rows: list[str], on_batch=None) -> None:
+            fill_features(store, model, cut, self.decoded, rows, train_tf, eval_tf, device,
+                          autocast_for(device, precision), self.eval_batch_size, on_batch=on_batch,
+                          fold_bn=self.cfg.fold_bn)
+
+        wanted = [[f"{k}:{v}" for k in self.train_keys for v in range(num_views)], [f"{k}:0" for k in self.val_keys]]
+        todo = [store.missing(rows) for rows in wanted]
+        self.world.barrier()  # every rank has listed what is missing before any rank writes
+        total = sum(map(len, todo))
+        if total:
+            report.start_epoch(f"caching stages 0-{cut - 1}", sum(len(self.world.share(rows)) for rows in todo))
+        started = time.perf_counter()
+        for rows in todo:
+            fill(self.world.share(rows), report.advance)
+        self.world.barrier()
+        store.refresh()  # the rows the other ranks wrote
+        if self.world.size > 1:  # a cache folder the ranks do not share (machines): compute the rest here
+            fill(wanted[0] + wanted[1])
+        if total:
+            report.end_epoch(f"cached {total} feature rows (stages 0-{cut - 1}, {num_views} view(s) per "
+                             f"training image) in {time.perf_counter() - started:.1f}s")
+
     def val_batches(self, eval_tf, pin: bool = False) -> ImageBatches:
-        return ImageBatches(DecodedDataset(self.decoded, self.val_keys, self.val_labels, eval_tf),
-                            self.eval_batch_size, num_workers=self.cfg.num_workers, pin_memory=pin)
+        """This rank's share of the validation images, in order (all of them alone)."""
+        dataset = DecodedDataset(self.decoded, self.world.share(self.val_keys), self.world.share(self.val_labels),
+                                 eval_tf)
+        return ImageBatches(dataset, self.eval_batch_size, num_workers=self.cfg.num_workers, pin_memory=pin)
 
 
 def scan_for(cfg: TrainConfig) -> DataScan:
@@ -127,15 +162,32 @@ class Prepared:
         return self.data.scan
 
 
-def prepare(cfg: TrainConfig, scan: DataScan | None = None, cache_dir: Path | None = None) -> Prepared:
+def prepare(cfg: TrainConfig, scan: DataScan | None = None, cache_dir: Path | None = None,
+            world: World | None = None) -> Prepared:
     """The data (scanned unless ``scan`` is given, decoded into ``cache_dir``, default
-    ``cfg.cache_dir``) and a fresh classifier for ``cfg``, on the device it asks for."""
-    device = resolve_device(cfg.device)
+    ``cfg.cache_dir``) and a fresh classifier for ``cfg``, on the device it asks for (``world``:
+    this rank's device and share of the data, under distributed data parallel)."""
+    device = world.device if world else resolve_device(cfg.device)
     precision = resolve_precision(cfg.precision, device)
-    scan, decoded, image_size = scan_and_decode(cfg, scan, cache_dir or cfg.cache_dir)
-    data = TrainingData(cfg, scan, decoded, image_size, device)
+    with (world or World()).main_first():  # rank 0 decodes new images; the others then find them cached
+        scan, decoded, image_size = scan_and_decode(cfg, scan, cache_dir or cfg.cache_dir)
+    data = TrainingData(cfg, scan, decoded, image_size, device, world)
     backbone = create_backbone(cfg.backbone, pretrained=cfg.pretrained and cfg.strategy != "scratch",
                                weights=cfg.weights)
     model = Classifier(backbone, len(scan.classes), cfg.dropout)
+    if cfg.sync_bn:
+        model = sync_batchnorm(model, device)
     model.to(device, memory_format=torch.channels_last if cfg.channels_last else torch.preserve_format)
     return Prepared(data, model, device, precision)
+
+
+def sync_batchnorm(model: Classifier, device: torch.device) -> Classifier:
+    """BatchNorm layers that train (scratch, ``train_bn``) normalise with the statistics of the global
+    batch over all ranks, as one process would (timm's converter keeps BatchNormAct's activation)."""
+    from timm.layers import convert_sync_batchnorm
+
+    if device.type != "cuda":
+        raise ConfigError("--sync-bn needs CUDA GPUs: PyTorch's SyncBatchNorm has no CPU kernel. On CPUs "
+                          "each rank normalises with its own batch (drop --sync-bn), or keep BatchNorm "
+                          "frozen (the default of fine-tuning).")
+    return convert_sync_batchnorm(model)

@@ -154,8 +154,8 @@ class RunPredictor:
             cut = backbone.num_stages
             store = open_feature_store(cfg.cache_dir, model, cut, image_size, self.decoded.size,
                                        augment_key(cfg.augment), precision, cfg.fold_bn)
-            fill_features(store, model, cut, self.decoded, keys, [0], eval_tf, eval_tf, device, autocast,
-                          eval_batch_size(device), fold_bn=cfg.fold_bn)
+            fill_features(store, model, cut, self.decoded, [f"{k}:0" for k in keys], eval_tf, eval_tf, device,
+                          autocast, eval_batch_size(device), fold_bn=cfg.fold_bn)
             # The head runs under the same autocast as the whole model in `graft evaluate` (bf16 on
             # CPUs with native bf16), or the probabilities differ in the 4th decimal there.
             with torch.no_grad(), autocast():
