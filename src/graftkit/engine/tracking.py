@@ -29,11 +29,13 @@ from ..config import TrainConfig
 from ..errors import ConfigError
 from ..fileio import atomic_write_text
 
-EXTRAS = {"mlflow": ("mlflow", "mlflow"), "tensorboard": ("tensorboard", "tensorboard")}
+# --track KIND → (the modules it imports, the extra that installs them); mlflow's SQLite store needs
+# sqlalchemy and alembic (its schema migrations), which mlflow-skinny does not install.
+EXTRAS = {"mlflow": (("mlflow", "sqlalchemy", "alembic"), "mlflow"), "tensorboard": (("tensorboard",), "tensorboard")}
 EPOCH_METRICS = ("train_loss", "train_accuracy", "val_loss", "val_accuracy", "lr", "seconds",
                  "train_images_per_second")
 RUN_FILES = ("config.json", "metrics.json", "history.jsonl", "predictions.csv", "model.json",
-             "model.safetensors", "augmentations.png", "skipped.csv", "report.html")
+             "model.safetensors", "augmentations.jpg", "augmentations.png", "skipped.csv", "report.html")
 STATE_FILE = "tracking.json"
 
 
@@ -41,9 +43,10 @@ def require_tracker(kind: str | None) -> None:
     """Fail before any work when ``--track KIND``'s library is not installed (one line, exit 2)."""
     if kind is None:
         return
-    module, extra = EXTRAS[kind]
-    if importlib.util.find_spec(module) is None:
-        raise ConfigError(f"--track {kind} needs {module}, which is not installed: pip install "
+    modules, extra = EXTRAS[kind]
+    missing = [m for m in modules if importlib.util.find_spec(m) is None]
+    if missing:
+        raise ConfigError(f"--track {kind} needs {', '.join(missing)}, which is not installed: pip install "
                           f"\"graftkit[{extra}]\" (or drop --track).")
 
 
