@@ -38,8 +38,8 @@ def train_features(cfg: TrainConfig, data: TrainingData, model: Classifier, devi
     if cfg.cache and all(p.first_trainable is None for p in phases):  # the frozen backbone's cache
         store = open_feature_store(cfg.cache_dir, model, backbone.num_stages, data.image_size, data.decoded.size,
                                    augment_key(cfg.augment), precision, cfg.fold_bn)
-        fill_features(store, model, backbone.num_stages, data.decoded, data.train_keys, [0], eval_tf, eval_tf,
-                      device, autocast, data.eval_batch_size, fold_bn=cfg.fold_bn)
+        fill_features(store, model, backbone.num_stages, data.decoded, [f"{k}:0" for k in data.train_keys],
+                      eval_tf, eval_tf, device, autocast, data.eval_batch_size, fold_bn=cfg.fold_bn)
         return store.get([f"{k}:0" for k in data.train_keys]).astype(np.float32)
     batches = ImageBatches(DecodedDataset(data.decoded, data.train_keys, data.train_labels, eval_tf),
                            data.eval_batch_size, num_workers=cfg.num_workers)

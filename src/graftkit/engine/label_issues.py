@@ -126,7 +126,7 @@ def pooled_features(prepared: Prepared, cfg: TrainConfig, compute_missing: bool 
         eval_tf = build_eval_transform(data.image_size, backbone.mean, backbone.std)
         if report is not None:
             report.start_epoch("pooled features", len(missing))
-        fill_features(store, model, cut, data.decoded, list(dict.fromkeys(keys)), [0], eval_tf, eval_tf, device,
+        fill_features(store, model, cut, data.decoded, [f"{k}:0" for k in dict.fromkeys(keys)], eval_tf, eval_tf, device,
                       autocast_for(device, prepared.precision), data.eval_batch_size,
                       on_batch=None if report is None else report.advance, fold_bn=cfg.fold_bn)
         if report is not None:
