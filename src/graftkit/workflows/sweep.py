@@ -129,18 +129,18 @@ def sweep(settings: SweepSettings, say: Callable[[str], None] = print, pruner=No
     out = settings.out_dir
     refuse_out_inside_data(out, settings.data_dir)
     out.mkdir(parents=True, exist_ok=True)
-    base = TrainConfig(data_dir=settings.data_dir, seed=settings.seed, **(settings.base or {}))
     space = load_space(settings.space_file)
-    base.replace(**default_params(space, base), **_fixed(space))  # a bad fixed value fails before any trial
+    base = TrainConfig(data_dir=settings.data_dir, seed=settings.seed, **{**(settings.base or {}), **_fixed(space)})
+    base.replace(**default_params(space, base))  # a bad value fails here, before any trial
     scan = scan_for(base)  # validated once, every image decoded into the cache
     inner = inner_split(scan, base.val_fraction, settings.seed)
     write_split_file(out / INNER_SPLIT, scan.root, inner.train, inner.val)
     study = open_study(settings, pruner)
     done = len(finished(study))
-    if study.trials:
+    if study.trials:  # another process, or an earlier run of this command: go on with different draws
+        study.sampler = optuna.samplers.TPESampler(seed=settings.seed + len(study.trials))
         say(f"resuming study {settings.study_name}: {done} of {settings.trials} trials done")
-    else:
-        study.enqueue_trial(default_params(space, base), user_attrs={"default": True})
+    study.enqueue_trial(default_params(space, base), user_attrs={"default": True}, skip_if_exists=True)
     deadline = None if settings.time_limit is None else time.monotonic() + settings.time_limit
 
     def objective(trial) -> float:
