@@ -100,7 +100,7 @@ def _make_pruner(optuna, name: str):
         return optuna.pruners.SuccessiveHalvingPruner()
     if name == "none":
         return optuna.pruners.NopPruner()
-    return optuna.pruners.MedianPruner(n_startup_trials=2, n_warmup_steps=1)
+    return optuna.pruners.MedianPruner(n_startup_trials=2)
 
 
 def open_study(settings: SweepSettings, pruner=None):
@@ -158,8 +158,16 @@ def sweep(settings: SweepSettings, say: Callable[[str], None] = print, pruner=No
         stop = optuna.study.MaxTrialsCallback(settings.trials, states=tuple(
             getattr(optuna.trial.TrialState, s) for s in FINISHED))
         study.optimize(objective, n_trials=settings.trials - done, timeout=settings.time_limit,
-                       callbacks=[stop], catch=())
+                       callbacks=[stop, lambda _, t: say(_trial_line(t))], catch=())
     return finish(settings, study, base, space, scan, say)
+
+
+def _trial_line(t) -> str:
+    """What one trial ended with, e.g. "trial 3: PRUNED after 2 epoch(s), inner val_accuracy 0.5000"."""
+    last = t.intermediate_values[max(t.intermediate_values)] if t.intermediate_values else None
+    value = t.value if t.value is not None else last
+    return (f"trial {t.number}: {t.state.name} after {len(t.intermediate_values)} epoch(s)"
+            + ("" if value is None else f", inner val_accuracy {value:.4f}"))
 
 
 def _fixed(space: dict[str, Any]) -> dict[str, Any]:
