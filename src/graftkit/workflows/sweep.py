@@ -121,20 +121,26 @@ def finished(study) -> list:
     return [t for t in study.trials if t.state.name in FINISHED]
 
 
+def _prepare(settings: SweepSettings) -> tuple[dict[str, Any], TrainConfig, DataScan, DataScan]:
+    """The space, the settings under every trial, the scan and the inner split (written to the sweep folder)."""
+    refuse_out_inside_data(settings.out_dir, settings.data_dir)
+    settings.out_dir.mkdir(parents=True, exist_ok=True)
+    space = load_space(settings.space_file)
+    base = TrainConfig(data_dir=settings.data_dir, seed=settings.seed, **{**(settings.base or {}), **_fixed(space)})
+    base.replace(**default_params(space, base))  # a bad value fails here, before any trial
+    scan = scan_for(base)  # validated once, every image decoded into the cache
+    inner = inner_split(scan, base.val_fraction, settings.seed)
+    write_split_file(settings.out_dir / INNER_SPLIT, scan.root, inner.train, inner.val)
+    return space, base, scan, inner
+
+
 def sweep(settings: SweepSettings, say: Callable[[str], None] = print, pruner=None) -> dict[str, Any]:
     """Run (or continue) the study, retrain the best settings on all of train, write the sweep folder.
     Returns what ``sweep.json`` holds."""
     optuna = require_optuna()
     optuna.logging.set_verbosity(optuna.logging.WARNING)
     out = settings.out_dir
-    refuse_out_inside_data(out, settings.data_dir)
-    out.mkdir(parents=True, exist_ok=True)
-    space = load_space(settings.space_file)
-    base = TrainConfig(data_dir=settings.data_dir, seed=settings.seed, **{**(settings.base or {}), **_fixed(space)})
-    base.replace(**default_params(space, base))  # a bad value fails here, before any trial
-    scan = scan_for(base)  # validated once, every image decoded into the cache
-    inner = inner_split(scan, base.val_fraction, settings.seed)
-    write_split_file(out / INNER_SPLIT, scan.root, inner.train, inner.val)
+    space, base, scan, inner = _prepare(settings)
     study = open_study(settings, pruner)
     done = len(finished(study))
     if study.trials:  # another process, or an earlier run of this command: go on with different draws
