@@ -100,6 +100,20 @@ def test_the_best_command_trains_the_retrained_model_again(class_folder, tmp_pat
     assert summary["plots"]["importance.png"].startswith("not drawn")  # one trial: nothing to compare
 
 
+def test_the_best_command_leaves_out_what_changes_nothing_and_turns_defaults_over(tmp_path):
+    from graftkit.config import TrainConfig
+    from graftkit.workflows.sweep import train_command
+
+    base = TrainConfig(data_dir=tmp_path, seed=3, backbone="tiny_cnn", image_size=32)
+    command = train_command(base, {"strategy": "feature-extraction", "augment": "light", "lr": 0.00123456789,
+                                   "pretrained": True, "cache": False, "train_bn": False}, tmp_path / "best")
+    # augment of a feature extraction on cached features would be refused by graft train; cache off keeps it
+    assert command == (f"graft train {tmp_path} --strategy feature-extraction --augment light --lr 0.00123457 "
+                       f"--no-cache --seed 3 --out {tmp_path / 'best'}")
+    cached = train_command(base, {"strategy": "feature-extraction", "augment": "light"}, tmp_path / "best")
+    assert "--augment" not in cached
+
+
 def test_an_interrupted_sweep_resumes_from_its_storage(class_folder, tmp_path, space_file, monkeypatch):
     import graftkit.workflows.sweep as sweep_module
 

@@ -19,7 +19,7 @@ from dataclasses import dataclass
 from pathlib import Path
 from typing import Any, Callable
 
-from ..config import TrainConfig
+from ..config import TrainConfig, unused_options
 from ..data.scan import DataScan, stratified_split
 from ..data.split_file import write_split_file
 from ..engine import fit
@@ -188,16 +188,21 @@ def best_settings(study, space: dict[str, Any]) -> dict[str, Any]:
     return {**_fixed(space), **study.best_trial.params}
 
 
-def train_command(data_dir: Path, settings: dict[str, Any], seed: int, out_dir: Path) -> str:
-    """The ``graft train`` command line that trains ``settings`` (TrainConfig field names)."""
-    args = ["graft", "train", str(data_dir)]
+def train_command(base: TrainConfig, settings: dict[str, Any], out_dir: Path) -> str:
+    """The ``graft train`` command line that trains ``base`` changed by ``settings`` (TrainConfig field
+    names). Settings that change nothing in that run (``--augment`` of a feature extraction on cached
+    features) are left out, as ``graft train`` refuses them."""
+    cfg = base.replace(**settings)
+    args = ["graft", "train", str(base.data_dir)]
     for key, value in settings.items():
+        if unused_options(cfg, {key}):
+            continue
         flag = "--" + key.replace("_", "-")
-        if isinstance(value, bool):
-            args.append(flag if value else "--no-" + key.replace("_", "-"))
+        if isinstance(value, bool):  # the flag that turns the default over, when it is
+            args += [] if value == getattr(TrainConfig, key) else [flag if value else "--no-" + key.replace("_", "-")]
         else:
             args += [flag, f"{value:.6g}" if isinstance(value, float) else str(value)]
-    return shlex.join([*args, "--seed", str(seed), "--out", str(out_dir)])
+    return shlex.join([*args, "--seed", str(base.seed), "--out", str(out_dir)])
 
 
 def finish(settings: SweepSettings, study, base: TrainConfig, space: dict[str, Any], scan: DataScan,
@@ -211,7 +216,8 @@ def finish(settings: SweepSettings, study, base: TrainConfig, space: dict[str, A
     best = study.best_trial
     chosen = best_settings(study, space)
     best_dir = out / f"best-trial-{best.number:03d}"
-    command = train_command(settings.data_dir, chosen, settings.seed, best_dir)
+    given = {k: v for k, v in (settings.base or {}).items() if k != "progress"}  # e.g. --device
+    command = train_command(base, {**given, **chosen}, best_dir)
     say(f"best: trial {best.number} (inner val_accuracy {best.value:.4f}); retraining on all of train:\n  {command}")
     metrics_file = best_dir / "metrics.json"
     if metrics_file.is_file():  # retrained by an earlier run of this command

@@ -34,9 +34,10 @@ DEFAULT_SPACE: dict[str, Any] = {
     "augment": ["light", "none", "strong"],
     "label_smoothing": {"low": 0.0, "high": 0.2},
 }
-# Where a trial runs and what it writes belong to the sweep, not to its space.
+# Where a trial runs and what it writes belong to the sweep, not to its space; the best's settings
+# must be a `graft train` command, so fields without a flag are not swept either.
 NOT_SWEPT = ("data_dir", "out_dir", "resume", "cache_dir", "progress", "track", "track_uri", "split_file",
-             "max_seconds", "freeze_auto")
+             "max_seconds", "freeze_auto", "warmup_fraction", "channels_last")
 RANGE_KEYS = {"low", "high", "log", "step"}
 
 
