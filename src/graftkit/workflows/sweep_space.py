@@ -107,7 +107,7 @@ def _is_int_range(spec: dict) -> bool:
 def suggest(trial: Any, space: dict[str, Any]) -> dict[str, Any]:
     """The settings of one trial: drawn where the space varies, fixed values as given."""
     params: dict[str, Any] = {}
-    for key, spec in space.items():
+    for key, spec in _strategy_first(space):
         if key in FINE_TUNE_ONLY and params.get("strategy", fixed_strategy(space)) != "fine-tune":
             continue
         if isinstance(spec, list):
@@ -123,6 +123,11 @@ def suggest(trial: Any, space: dict[str, Any]) -> dict[str, Any]:
     return params
 
 
+def _strategy_first(space: dict[str, Any]) -> list[tuple[str, Any]]:
+    """The space's items, ``strategy`` first (which settings apply depends on it)."""
+    return sorted(space.items(), key=lambda item: item[0] != "strategy")
+
+
 def fixed_strategy(space: dict[str, Any]) -> str:
     spec = space.get("strategy", TrainConfig.strategy)
     return spec if isinstance(spec, str) else "fine-tune"
@@ -132,7 +137,7 @@ def default_params(space: dict[str, Any], base: TrainConfig) -> dict[str, Any]:
     """Trial 0: the run's default for every drawn setting (``base``, resolved), or the nearest the
     space allows when the default lies outside it (the first choice, or the range end)."""
     params: dict[str, Any] = {}
-    for key, spec in space.items():
+    for key, spec in _strategy_first(space):
         if not isinstance(spec, (list, dict)):
             continue
         strategy = params.get("strategy", fixed_strategy(space))
