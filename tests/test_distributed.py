@@ -52,7 +52,7 @@ def test_accumulate_gives_the_weights_of_one_part(tmp_path):
     """Uneven parts too: a batch of 6 in 4 parts is 2 + 2 + 1 + 1, each weighted by its share."""
     data = _odd_split(tmp_path / "data")
     common = dict({k: v for k, v in TINY.items() if k != "batch_size"}, precision="fp32", dropout=0.0,
-                  augment="none", head_epochs=2, finetune_epochs=1, lr=0.05, finetune_lr=0.01,
+                  augment="none", epochs=None, head_epochs=2, finetune_epochs=1, lr=0.05, finetune_lr=0.01,
                   cache_dir=tmp_path / "cache")
     runs = {(batch_size, accumulate): fit(TrainConfig(data_dir=data, out_dir=tmp_path / f"b{batch_size}a{accumulate}",
                                                       batch_size=batch_size, accumulate=accumulate, **common))
