@@ -196,3 +196,37 @@ def test_graft_sweep_command_runs_and_prints_the_table(class_folder, tmp_path, s
     assert json.loads((out / "sweep.json").read_text())["storage"].startswith("sqlite:///")
     bad = graft("sweep", str(class_folder), "--time-limit", "soon", "--out", str(tmp_path / "x"))
     assert bad.returncode == 2 and "--time-limit takes a duration" in bad.stderr
+
+
+def test_a_split_file_trains_on_the_images_it_lists_and_refuses_others(class_folder, tmp_path):
+    from graftkit.data import scan_data
+    from graftkit.data.split_file import apply_split_file
+    from graftkit.errors import DataError
+
+    scan = scan_data(class_folder)
+    listed = tmp_path / "split.csv"
+    listed.write_text("path,split\nred/000.png,train\nblue/000.png,train\nred/001.png,val\nblue/001.png,val\n")
+    split = apply_split_file(scan, listed)
+    assert [s.path.name for s in split.train] == ["000.png", "000.png"] and len(split.val) == 2
+    for text, message in [("path,split\nred/999.png,train\n", "not found under"),
+                          ("file,set\n", "must start with the header 'path,split'"),
+                          ("path,split\nred/000.png,test\n", "line 2: expected 'PATH,train' or 'PATH,val'"),
+                          ("path,split\nred/000.png,train\n", "needs both train and val rows")]:
+        listed.write_text(text)
+        with pytest.raises(DataError, match=message):
+            apply_split_file(scan, listed)
+
+
+def test_fit_takes_a_split_file(class_folder, tmp_path):
+    from graftkit import TrainConfig, fit
+
+    from .conftest import TINY
+
+    listed = tmp_path / "split.csv"
+    rows = [f"{c}/{i:03d}.png,{'val' if i < 3 else 'train'}" for c in ("red", "blue") for i in range(8)]
+    listed.write_text("path,split\n" + "\n".join(rows) + "\n")
+    run = fit(TrainConfig(data_dir=class_folder, strategy="feature-extraction", out_dir=tmp_path / "run",
+                          split_file=listed, **{**TINY, "head_epochs": None, "finetune_epochs": None}))
+    assert (run.metrics["num_train"], run.metrics["num_val"]) == (10, 6)
+    predicted = (tmp_path / "run" / "predictions.csv").read_text()
+    assert "red/000.png" in predicted and "red/008.png" not in predicted and "red/005.png" not in predicted
