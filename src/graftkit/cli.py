@@ -519,11 +519,12 @@ def demo(out: Path = typer.Option(Path("runs/demo"), "--out", help="Run folder."
                f"run folder {run.out_dir}")
 
 
-from . import cli_export, cli_scarce, cli_serve  # noqa: E402
+from . import cli_export, cli_scarce, cli_serve, cli_sweep  # noqa: E402
 
 cli_scarce.register(app)  # subsample, label-efficiency, augment-preview, pretrain
 cli_serve.register(app)  # serve
 cli_export.register(app)  # export
+cli_sweep.register(app)  # sweep
 opt.style_help(app)  # panels, defaults and value names in every command's --help (cli_options.py)
 
 

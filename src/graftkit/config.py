@@ -6,6 +6,7 @@ import json
 import math
 import numbers
 import os
+import re
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
@@ -94,6 +95,7 @@ class TrainConfig:
     progress: str = "auto"
     track: str | None = None       # mlflow | tensorboard: record params, per-epoch metrics, files
     track_uri: str | None = None   # MLflow tracking URI / TensorBoard log folder (None: next to the run)
+    split_file: Path | None = None  # CSV path,split: which images of data_dir train and validate (data.split_file)
 
     def __post_init__(self) -> None:
         _check_types(self)
@@ -102,6 +104,8 @@ class TrainConfig:
             object.__setattr__(self, "out_dir", Path(self.out_dir))
         if self.weights is not None:
             object.__setattr__(self, "weights", Path(self.weights))
+        if self.split_file is not None:
+            object.__setattr__(self, "split_file", Path(self.split_file))
         object.__setattr__(self, "cache_dir", Path(self.cache_dir) if self.cache_dir else default_cache_dir())
         _choice("strategy", self.strategy, STRATEGIES)
         _choice("device", self.device, DEVICES)
@@ -212,6 +216,23 @@ class TrainConfig:
 
     def to_json(self) -> str:
         return json.dumps(self.to_dict(), indent=2)
+
+
+_DURATION = re.compile(r"(?:(\d+(?:\.\d+)?)h)?(?:(\d+(?:\.\d+)?)m)?(?:(\d+(?:\.\d+)?)s?)?")
+
+
+def parse_duration(text: str, flag: str = "--time-limit") -> float:
+    """Seconds in a wall-clock budget written ``90s``, ``25m``, ``1h``, ``1h30m`` or a plain number of
+    seconds (``600``); ``flag`` names the option in the error."""
+    match = _DURATION.fullmatch(text.strip().lower()) if isinstance(text, str) else None
+    unitless = match is not None and match.group(3) and not text.strip().lower().endswith("s")
+    if match is None or not any(match.groups()) or (unitless and (match.group(1) or match.group(2))):
+        raise ConfigError(f"{flag} takes a duration such as 90s, 25m, 1h or 1h30m; got {text!r}")
+    hours, minutes, seconds = (float(g or 0) for g in match.groups())
+    total = 3600 * hours + 60 * minutes + seconds
+    if not total > 0:
+        raise ConfigError(f"{flag} must be longer than 0 seconds; got {text!r}")
+    return total
 
 
 def split_fine_tune_epochs(total: int, flag: str = "--epochs") -> tuple[int, int]:

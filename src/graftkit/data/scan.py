@@ -349,7 +349,7 @@ def scan_data(data_dir: str | Path, val_fraction: float = 0.2, seed: int = 0,
                                 f"Replace them or delete the folder.")
             target.extend(Sample(p, label_of[cls]) for p in good)
     if val_found is None:
-        train, val = _stratified_split(train, classes, val_fraction, seed, class_root)
+        train, val = stratified_split(train, classes, val_fraction, seed, class_root)
     for cls, count in DataScan(root, layout, classes, train, val).class_counts("train").items():
         if count < 2:
             scan_warnings.append(f"class '{cls}' has only {count} training image(s); add more")
@@ -366,7 +366,7 @@ def scan_data(data_dir: str | Path, val_fraction: float = 0.2, seed: int = 0,
     return DataScan(root, layout, classes, train, val, bad, ignored, scan_warnings)
 
 
-def _stratified_split(samples: list[Sample], classes: list[str], val_fraction: float, seed: int,
+def stratified_split(samples: list[Sample], classes: list[str], val_fraction: float, seed: int,
                       root: Path) -> tuple[list[Sample], list[Sample]]:
     """Per class, order files by a seeded hash and hold out the first ``val_fraction``."""
     train, val = [], []

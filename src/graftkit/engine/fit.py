@@ -15,7 +15,7 @@ import time
 from dataclasses import dataclass
 from datetime import datetime
 from pathlib import Path
-from typing import Any
+from typing import Any, Sequence
 
 import torch
 from torch import nn
@@ -39,7 +39,7 @@ from .loop import TrainingDiverged, evaluate, train_one_epoch
 from .prepare import TrainingData, prepare
 from .progress import ProgressReporter
 from .runtime import autocast_for, seed_everything
-from .tracking import NO_TRACKER, Tracker, build_tracker, require_tracker
+from .tracking import NO_TRACKER, Observers, Tracker, build_tracker, require_tracker
 
 class Interrupted(GraftError):
     """Ctrl-C or SIGTERM: the run stopped cleanly and can be resumed."""
@@ -124,12 +124,15 @@ def model_meta(cfg: TrainConfig, model: Classifier, classes: list[str], image_si
     }
 
 
-def fit(cfg: TrainConfig, scan: DataScan | None = None) -> Run:
+def fit(cfg: TrainConfig, scan: DataScan | None = None, observers: Sequence[Tracker] = ()) -> Run:
     """Train a classifier as ``cfg`` says and write the run folder.
 
     Args:
         cfg: the resolved configuration.
         scan: an already validated data scan (else ``scan_data`` runs first).
+        observers: read each epoch's row and the final metrics after the ``--track`` tracker, on
+            rank 0 (:class:`~graftkit.engine.tracking.Tracker`); one may stop the run by raising
+            from ``on_epoch_end`` (a sweep's pruner), which ``fit`` passes on.
 
     One run, one model: measuring the freeze depth first (``cfg.freeze_auto``) is a workflow
     above this one (:func:`graftkit.workflows.freeze_auto.train_run`, or ``graftkit.train``).
@@ -148,7 +151,7 @@ def fit(cfg: TrainConfig, scan: DataScan | None = None) -> Run:
         tempfile.mkdtemp(prefix="graftkit-nocache-") if world.is_main else None))
     try:
         with _sigterm_interrupts():
-            return _fit(cfg, scan, report, started, scratch_cache or cfg.cache_dir, world)
+            return _fit(cfg, scan, report, started, scratch_cache or cfg.cache_dir, world, observers)
     finally:
         report.close()
         if scratch_cache is not None:
@@ -156,7 +159,7 @@ def fit(cfg: TrainConfig, scan: DataScan | None = None) -> Run:
 
 
 def _fit(cfg: TrainConfig, scan: DataScan | None, report: ProgressReporter, started: float,
-         cache_dir: Path, world: World) -> Run:
+         cache_dir: Path, world: World, observers: Sequence[Tracker] = ()) -> Run:
     prepared = prepare(cfg, scan, cache_dir, world)
     data, model, device, precision = prepared.data, prepared.model, prepared.device, prepared.precision
     scan, backbone = data.scan, model.backbone
@@ -164,7 +167,7 @@ def _fit(cfg: TrainConfig, scan: DataScan | None, report: ProgressReporter, star
         seed_everything(cfg.seed + world.rank)
     # rank 0 writes the run folder; every rank reads from it (--resume)
     out_dir = world.from_main(_prepare_run_dir(cfg, data, report, precision) if world.is_main else None)
-    tracker = build_tracker(cfg, out_dir) if world.is_main else NO_TRACKER  # reads results, rank 0 only
+    tracker = Observers([build_tracker(cfg, out_dir), *observers]) if world.is_main else NO_TRACKER  # rank 0 only
     try:
         return _train(cfg, data, model, device, precision, report, started, world, out_dir, tracker)
     except BaseException as exc:

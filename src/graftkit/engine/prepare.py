@@ -18,6 +18,7 @@ from ..config import TrainConfig
 from ..data import (DataScan, DecodedDataset, DecodedImages, ImageBatches, augment_key, build_eval_transform,
                     build_train_transform, decode_size_for, scan_data)
 from ..data.conflicts import find_label_conflicts
+from ..data.split_file import apply_split_file
 from ..errors import ConfigError
 from ..heads import Classifier
 from ..strategies import Phase
@@ -126,7 +127,8 @@ def scan_for(cfg: TrainConfig) -> DataScan:
     """Scan and validate ``cfg.data_dir`` as ``fit`` would, filling the decoded-image cache on the way:
     for callers that train several times on one split (``graft compare``, ``--freeze auto``)."""
     if not cfg.cache:
-        return scan_data(cfg.data_dir, cfg.val_fraction, cfg.resolved_split_seed, cfg.skip_bad_images)
+        return _with_split_file(cfg, scan_data(cfg.data_dir, cfg.val_fraction, cfg.resolved_split_seed,
+                                               cfg.skip_bad_images))
     return scan_and_decode(cfg, None, cfg.cache_dir)[0]
 
 
@@ -139,13 +141,18 @@ def scan_and_decode(cfg: TrainConfig, scan: DataScan | None,
     image_size = cfg.image_size or native_image_size(cfg.backbone)
     decoded = DecodedImages(cache_dir, decode_size_for(image_size))
     if scan is None:
-        scan = scan_data(cfg.data_dir, cfg.val_fraction, cfg.resolved_split_seed, cfg.skip_bad_images,
-                         checker=decoded.check_and_fill)
+        scan = _with_split_file(cfg, scan_data(cfg.data_dir, cfg.val_fraction, cfg.resolved_split_seed,
+                                               cfg.skip_bad_images, checker=decoded.check_and_fill))
     else:
         for sample in [*scan.train, *scan.val]:
             decoded.check_and_fill(sample.path)
     decoded.flush()
     return scan, decoded, image_size
+
+
+def _with_split_file(cfg: TrainConfig, scan: DataScan) -> DataScan:
+    """The scan, or its images split as ``cfg.split_file`` lists them."""
+    return scan if cfg.split_file is None else apply_split_file(scan, cfg.split_file)
 
 
 @dataclass

@@ -66,6 +66,26 @@ class Tracker:
 NO_TRACKER = Tracker()
 
 
+class Observers(Tracker):
+    """Several observers as one, called in order (e.g. the tracker, then a sweep's pruning reporter;
+    an observer may stop the run by raising, which ``fit`` passes on after closing the others)."""
+
+    def __init__(self, observers: list[Tracker]) -> None:
+        self.observers = observers
+
+    def on_epoch_end(self, row: dict[str, Any]) -> None:
+        for observer in self.observers:
+            observer.on_epoch_end(row)
+
+    def on_run_end(self, metrics: dict[str, Any]) -> None:
+        for observer in self.observers:
+            observer.on_run_end(metrics)
+
+    def close(self, error: BaseException | None = None) -> None:
+        for observer in self.observers:
+            observer.close(error)
+
+
 def build_tracker(cfg: TrainConfig, out_dir: Path) -> Tracker:
     """The tracker ``cfg.track`` asks for, recording the run in ``out_dir``."""
     if cfg.track == "mlflow":
