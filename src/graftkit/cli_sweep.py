@@ -30,12 +30,16 @@ def sweep_command(
     """Search training settings with Optuna on an inner split of train; retrain the best, score it on val once."""
     from .config import parse_duration
     from .engine.fit import Interrupted
-    from .workflows.sweep import SweepSettings, sweep
+    from .workflows.sweep import SweepSettings, require_optuna, sweep
 
     settings = SweepSettings(data_dir, out or Path("sweeps") / data_dir.resolve().name, trials, space, storage,
                              study, parse_duration(time_limit) if time_limit else None, seed, pruner,
                              base={"device": device, "progress": "none"})
     try:
+        # graft's own process: one line per trial is ours; Optuna's per-trial log (with the traceback
+        # of a trial stopped by Ctrl-C) would only repeat it
+        optuna = require_optuna()
+        optuna.logging.set_verbosity(optuna.logging.ERROR)
         summary = sweep(settings, say=lambda line: typer.echo(line))
     except (KeyboardInterrupt, Interrupted):
         raise SweepInterrupted(f"interrupted; finished trials are kept in {settings.storage_url}. Run the same "

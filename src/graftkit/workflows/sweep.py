@@ -141,7 +141,6 @@ def sweep(settings: SweepSettings, say: Callable[[str], None] = print, pruner=No
     """Run (or continue) the study, retrain the best settings on all of train, write the sweep folder.
     Returns what ``sweep.json`` holds."""
     optuna = require_optuna()
-    optuna.logging.set_verbosity(optuna.logging.WARNING)
     out = settings.out_dir
     space, base, scan, inner = _prepare(settings)
     study = open_study(settings, pruner)
