@@ -15,7 +15,8 @@ from typing import Iterator, Sequence
 
 import numpy as np
 
-from .data.model_input import Prediction, iter_predictions, normalize_squares, softmax
+from .calibration import softmax
+from .data.model_input import Prediction, iter_predictions, normalize_squares
 from .errors import CheckpointError, ConfigError
 from .runfiles_schema import check_export_meta
 
@@ -110,7 +111,7 @@ class OnnxClassifier:
         """``(N, K)`` probabilities and ``(N, F)`` pooled features for decoded ``(S, S, 3)`` uint8
         squares (``S = decode_size``): what a server's unknown detector needs."""
         out = self.forward(normalize_squares(np.asarray(squares), self.preprocessing))
-        return softmax(out["logits"].astype(np.float64) / self.temperature), out["features"]
+        return softmax(out["logits"], self.temperature), out["features"]
 
     def logits_squares(self, squares: np.ndarray) -> np.ndarray:
         """``(N, K)`` logits for decoded ``(N, S, S, 3)`` uint8 squares."""
@@ -118,7 +119,7 @@ class OnnxClassifier:
 
     def proba_squares(self, squares: np.ndarray) -> np.ndarray:
         """``(N, K)`` probabilities (softmax of the logits over the calibration temperature)."""
-        return softmax(self.logits_squares(squares).astype(np.float64) / self.temperature)
+        return softmax(self.logits_squares(squares), self.temperature)
 
     def iter_predict(self, paths: Sequence[str | Path] | str | Path, top_k: int = 1, on_skip=None,
                      on_progress=None, reject_unknown: bool = False) -> Iterator[Prediction]:

@@ -153,9 +153,3 @@ def to_predictions(sources: Sequence[Path | None], probs: np.ndarray, classes: S
                               None if scores is None else float(scores[i]), flagged,
                               bool(reject_unknown and flagged)))
     return out
-
-
-def softmax(logits: np.ndarray) -> np.ndarray:
-    shifted = logits - logits.max(axis=1, keepdims=True)
-    exp = np.exp(shifted)
-    return exp / exp.sum(axis=1, keepdims=True)
