@@ -230,3 +230,49 @@ def test_fit_takes_a_split_file(class_folder, tmp_path):
     assert (run.metrics["num_train"], run.metrics["num_val"]) == (10, 6)
     predicted = (tmp_path / "run" / "predictions.csv").read_text()
     assert "red/000.png" in predicted and "red/008.png" not in predicted and "red/005.png" not in predicted
+
+
+class _Trial:
+    def __init__(self, value, seconds, epochs_run, epochs_asked, state="COMPLETE"):
+        self.value, self.intermediate_values = value, {e: value for e in range(1, epochs_run + 1)}
+        self.user_attrs = {"seconds": seconds, "epochs_asked": epochs_asked}
+        self.state = type("State", (), {"name": state})()
+
+
+class _Study:
+    def __init__(self, *trials):
+        self.trials = list(trials)
+
+
+def test_the_time_limit_keeps_room_for_retraining_the_best_trial():
+    import time
+
+    from graftkit.workflows.sweep import FIRST_TRIAL_SHARE, Budget
+
+    budget = Budget(time.monotonic() + 1000.0, scale=1.25)
+    # before any trial has finished, the first one gets at most a share of the budget
+    assert budget.for_trial(_Study()) <= 1000.0 * FIRST_TRIAL_SHARE + 1
+    # the reserve is the best finished trial (not the slowest, not a pruned one), scaled to all of train and
+    # to the epochs it asked for when the limit stopped it early: 40 s for 2 of 4 epochs -> 80 s * 1.25 * 1.15 + 15
+    study = _Study(_Trial(0.9, 40.0, 2, 4), _Trial(0.5, 500.0, 5, 5), _Trial(0.95, 9.0, 1, 5, state="PRUNED"))
+    assert budget.reserve(study) == pytest.approx(80 * 1.25 * 1.15 + 15)
+    assert 1000 - 130 - 5 < budget.for_trial(study) <= 1000 - 130
+    assert not budget.trials_over(study)
+    # a best trial that needs more than what is left ends the trials; the retrain gets what is left
+    assert budget.trials_over(_Study(_Trial(0.99, 700.0, 4, 4)))
+    assert 980 < budget.for_retrain() <= 990
+    unlimited = Budget(None, scale=1.25)
+    assert unlimited.for_trial(study) is None and unlimited.for_retrain() is None and not unlimited.trials_over(study)
+
+
+def test_a_sweep_out_of_time_stops_its_trials_and_still_retrains_the_best(class_folder, tmp_path, space_file,
+                                                                          monkeypatch):
+    import graftkit.workflows.sweep as sweep_module
+
+    monkeypatch.setattr(sweep_module.Budget, "trials_over", lambda self, study: len(study.trials) >= 2)
+    lines: list[str] = []
+    summary = sweep(_settings(class_folder, tmp_path / "sweep", space_file, 5, time_limit=600.0), say=lines.append)
+    assert summary["states"]["COMPLETE"] + summary["states"]["PRUNED"] == 2
+    assert any(line.startswith("time limit: 2 of 5 trials done") for line in lines)
+    retrained = json.loads((Path(summary["best_run"]) / "config.json").read_text())
+    assert 0 < retrained["max_seconds"] <= 600.0  # the retrain is bounded by what is left of the limit

@@ -20,8 +20,8 @@ def sweep_command(
     storage: Optional[str] = typer.Option(None, help="Optuna storage URL shared by every process working on the "
                                           "study (default: sqlite:///OUT/sweep.db; PostgreSQL across machines)."),
     study: Optional[str] = typer.Option(None, help="Study name in the storage (default: the --out folder's name)."),
-    time_limit: Optional[str] = typer.Option(None, help="Wall-clock budget for the trials: 90s, 25m, 1h30m "
-                                             "(the retrain of the best comes after)."),
+    time_limit: str = typer.Option("20m", help="Wall-clock budget of the whole sweep, trials and the retrain of "
+                                   "the best: 90s, 25m, 1h30m, or none. Trials stop early enough for the retrain."),
     out: Optional[Path] = typer.Option(None, help="Sweep folder (default: sweeps/<DATA_DIR name>)."),
     seed: int = typer.Option(0, help="Seeds the inner split, the sampler and every trial."),
     pruner: str = typer.Option("median", help="median | halving (successive halving) | none."),
@@ -32,8 +32,9 @@ def sweep_command(
     from .engine.fit import Interrupted
     from .workflows.sweep import SweepSettings, require_optuna, sweep
 
+    limit = None if time_limit.strip().lower() == "none" else parse_duration(time_limit)
     settings = SweepSettings(data_dir, out or Path("sweeps") / data_dir.resolve().name, trials, space, storage,
-                             study, parse_duration(time_limit) if time_limit else None, seed, pruner,
+                             study, limit, seed, pruner,
                              base={"device": device, "progress": "none"})
     try:
         # graft's own process: one line per trial is ours; Optuna's per-trial log (with the traceback

@@ -32,6 +32,8 @@ from .sweep_space import default_params, load_space, suggest
 PRUNERS = ("median", "halving", "none")
 INNER_SPLIT = "inner_split.csv"
 FINISHED = ("COMPLETE", "PRUNED")
+DEFAULT_TIME_LIMIT = 20 * 60.0  # a default study of 20 trials ends in time on a 2-core laptop (docs/sweep.md)
+FIRST_TRIAL_SHARE = 0.45  # before a trial has finished, the retrain's reserve is a guess: the rest of the budget
 
 
 def require_optuna():
@@ -52,7 +54,7 @@ class SweepSettings:
     space_file: Path | None = None
     storage: str | None = None      # None: sqlite:///<out_dir>/sweep.db
     study: str | None = None        # None: the sweep folder's name
-    time_limit: float | None = None  # seconds for the trials (the retrain of the best comes after)
+    time_limit: float | None = DEFAULT_TIME_LIMIT  # seconds for the whole command: trials and the retrain of the best
     seed: int = 0
     pruner: str = "median"
     base: dict[str, Any] | None = None  # TrainConfig values under every trial (device, cache_dir, ...)
@@ -150,24 +152,71 @@ def sweep(settings: SweepSettings, say: Callable[[str], None] = print, pruner=No
         say(f"resuming study {settings.study_name}: {done} of {settings.trials} trials done")
     study.enqueue_trial(default_params(space, base), user_attrs={"default": True}, skip_if_exists=True)
     deadline = None if settings.time_limit is None else time.monotonic() + settings.time_limit
+    budget = Budget(deadline, len(scan.train) / max(len(inner.train), 1))
 
     def objective(trial) -> float:
         params = suggest(trial, space)
-        left = None if deadline is None else max(deadline - time.monotonic(), 1.0)
         cfg = base.replace(**params, out_dir=out / "trials" / f"trial-{trial.number:03d}",
-                           split_file=(out / INNER_SPLIT).resolve(), max_seconds=left)
+                           split_file=(out / INNER_SPLIT).resolve(), max_seconds=budget.for_trial(study))
         say(f"trial {trial.number}: " + " ".join(f"{k}={_show(v)}" for k, v in params.items()))
         run = fit(cfg, inner, observers=[PruningReporter(trial)])
         trial.set_user_attr("val_loss", run.metrics["val_loss"])
         trial.set_user_attr("seconds", run.metrics["seconds_total"])
+        trial.set_user_attr("epochs_asked", cfg.total_epochs)
         return run.metrics["val_accuracy"]
 
-    if done < settings.trials:
+    def stop_in_time(study, trial) -> None:
+        say(_trial_line(trial))
+        if budget.trials_over(study):
+            study.stop()
+            say(f"time limit: {len(finished(study))} of {settings.trials} trials done; the rest of the "
+                f"{settings.time_limit / 60:.0f} min is kept for the retrain of the best (run the same command "
+                f"again to add trials)")
+
+    if done < settings.trials and not budget.trials_over(study):
         stop = optuna.study.MaxTrialsCallback(settings.trials, states=tuple(
             getattr(optuna.trial.TrialState, s) for s in FINISHED))
-        study.optimize(objective, n_trials=settings.trials - done, timeout=settings.time_limit,
-                       callbacks=[stop, lambda _, t: say(_trial_line(t))], catch=())
-    return finish(settings, study, base, space, scan, say)
+        study.optimize(objective, n_trials=settings.trials - done, callbacks=[stop, stop_in_time], catch=())
+    return finish(settings, study, base, space, scan, say, budget)
+
+
+@dataclass
+class Budget:
+    """One wall-clock deadline for the whole sweep: trials stop early enough that the retrain of the
+    best fits before it. The retrain is estimated from the best trial's measured seconds, scaled to
+    the epochs it asked for and to all of train (``scale``: train images over inner-train images)."""
+
+    deadline: float | None
+    scale: float
+    margin: float = 1.15
+
+    def left(self) -> float:
+        return float("inf") if self.deadline is None else self.deadline - time.monotonic()
+
+    def reserve(self, study) -> float:
+        """Seconds kept for retraining the best trial so far (a share of what is left before any finished)."""
+        best = _best_complete(study)
+        if best is None or "seconds" not in best.user_attrs:
+            return self.left() * (1 - FIRST_TRIAL_SHARE)
+        epochs_run = max(len(best.intermediate_values), 1)
+        per_run = best.user_attrs["seconds"] * max(best.user_attrs.get("epochs_asked", epochs_run) / epochs_run, 1.0)
+        return per_run * self.scale * self.margin + 15.0
+
+    def for_trial(self, study) -> float | None:
+        """``max_seconds`` of the next trial: what is left after the retrain's reserve."""
+        return None if self.deadline is None else max(self.left() - self.reserve(study), 1.0)
+
+    def trials_over(self, study) -> bool:
+        """No time for another trial (30 s at least) before the retrain's reserve."""
+        return self.deadline is not None and self.left() - self.reserve(study) < 30.0
+
+    def for_retrain(self) -> float | None:
+        return None if self.deadline is None else max(self.left() - 10.0, 1.0)
+
+
+def _best_complete(study):
+    complete = [t for t in study.trials if t.state.name == "COMPLETE"]
+    return max(complete, key=lambda t: t.value) if complete else None
 
 
 def _trial_line(t) -> str:
@@ -208,7 +257,7 @@ def train_command(base: TrainConfig, settings: dict[str, Any], out_dir: Path) ->
 
 
 def finish(settings: SweepSettings, study, base: TrainConfig, space: dict[str, Any], scan: DataScan,
-           say: Callable[[str], None]) -> dict[str, Any]:
+           say: Callable[[str], None], budget: Budget | None = None) -> dict[str, Any]:
     """Retrain the best on all of train, score it on val once; table, plots, ``sweep.json``, ``sweep.html``."""
     out = settings.out_dir
     complete = [t for t in study.trials if t.state.name == "COMPLETE"]
@@ -225,7 +274,8 @@ def finish(settings: SweepSettings, study, base: TrainConfig, space: dict[str, A
     if metrics_file.is_file():  # retrained by an earlier run of this command
         metrics = json.loads(metrics_file.read_text())
     else:
-        metrics = fit(base.replace(**chosen, out_dir=best_dir), scan).metrics
+        left = None if budget is None else budget.for_retrain()
+        metrics = fit(base.replace(**chosen, out_dir=best_dir, max_seconds=left), scan).metrics
     summary = {
         "study": settings.study_name, "storage": _safe_url(settings.storage_url), "trials_asked": settings.trials,
         "states": {s: sum(t.state.name == s for t in study.trials) for s in ("COMPLETE", "PRUNED", "FAIL", "RUNNING")},
