@@ -305,7 +305,9 @@ def _planned(ctx: typer.Context, time_limit: Optional[str], backbone: str, max_s
     from .config import parse_duration
 
     seconds = None if time_limit is None else parse_duration(time_limit, "--time-limit")
-    auto = backbone.strip().lower() == "auto"
+    given = {name for name in ctx.params
+             if getattr(ctx.get_parameter_source(name), "name", None) in ("COMMANDLINE", "ENVIRONMENT")}
+    auto = backbone.strip().lower() == "auto" or (seconds is not None and "backbone" not in given)
     if seconds is None and not auto:
         return None
     if max_seconds is not None and seconds is not None:
@@ -313,9 +315,7 @@ def _planned(ctx: typer.Context, time_limit: Optional[str], backbone: str, max_s
     if freeze_auto or other_workflow or nproc > 1:
         raise ConfigError("--time-limit and --backbone auto plan one run in one process: drop --freeze auto, "
                           "--lr-find, --pseudo-label/--unlabeled and --nproc")
-    fixed = {name for name in ctx.params if name != "backbone" and
-             getattr(ctx.get_parameter_source(name), "name", None) in ("COMMANDLINE", "ENVIRONMENT")}
-    return {"time_limit": seconds, "auto_backbone": auto, "fixed": fixed}
+    return {"time_limit": seconds, "auto_backbone": auto, "fixed": given - {"backbone"}}
 
 
 def _after_training(run, quiet: bool) -> None:

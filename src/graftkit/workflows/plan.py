@@ -31,6 +31,7 @@ RESERVE_FRACTION, RESERVE_MIN = 0.04, 5.0  # kept for the final evaluation and r
 PLANNED_SETTINGS = {"lr": 2.7e-3, "finetune_lr": 2.9e-4, "label_smoothing": 0.03}
 SCHEDULE_FIELDS = ("strategy", "epochs", "head_epochs", "finetune_epochs", "freeze")
 PLAN_NAME = "plan.json"
+LABEL_ISSUES_SECONDS = 20.0  # the check after training (up to a minute of CPU) runs when this much is left
 
 
 def schedule_ladder(num_stages: int) -> list[Schedule]:
@@ -227,7 +228,7 @@ def train_planned(cfg: TrainConfig, *, time_limit: float | None, started: float,
     print(summary_line(plan), flush=True)
     run = (train or fit)(run_cfg, scan=scan)
     left = None if time_limit is None else time_limit - (time.monotonic() - started)
-    if left is None or left > max(RESERVE_MIN, RESERVE_FRACTION * time_limit) / 2:
+    if left is None or left > LABEL_ISSUES_SECONDS:
         line = check_run_label_issues(run.config, run.out_dir)
     else:
         line = "label issues: not checked (the time limit is spent); run 'graft check-data DATA --label-issues'"
