@@ -19,7 +19,7 @@ from typing import Any, Callable, Sequence
 
 from ..config import TrainConfig
 from ..errors import ConfigError
-from .probe import RELATIVE_COST, CostModel, Schedule, measure_backbone, probe_split
+from .probe import RELATIVE_COST, CostModel, Schedule, measure_backbone, probe_images, probe_split
 
 AUTO_BACKBONES = ("efficientnet_lite0", "efficientnet_lite1", "efficientnet_lite2")
 PROBE_SHARE = 0.2       # probing stops before a backbone whose probe would pass this share of the limit
@@ -165,7 +165,7 @@ def make_plan(cfg: TrainConfig, scan, *, time_limit: float | None, started: floa
               measure: Callable = measure_backbone) -> tuple[TrainConfig, dict[str, Any]]:
     """Probe, then choose. Returns the run's config (``max_seconds`` set under a limit) and what
     ``plan.json`` holds."""
-    inner = probe_split(scan, cfg.seed)
+    inner = probe_split(scan, cfg.seed, probe_images(time_limit))
     names = AUTO_BACKBONES if auto_backbone else (cfg.backbone,)
     rows = probe_backbones(cfg, inner, names, time_limit, say, measure)
     cost = CostModel({r["backbone"]: r["speed"] for r in rows if "speed" in r})

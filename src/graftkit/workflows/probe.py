@@ -30,8 +30,9 @@ from ..data.scan import stratified_split
 
 PROBE_MAX_IMAGES = 400     # images of the inner split the probe looks at, at most (train + val parts)
 PROBE_VAL_FRACTION = 0.25  # of those, held out to score the probe
-TIMING_BATCH = 8           # images per timed training step
-TIMING_STEPS = 2           # timed steps per freeze depth, after one warm-up step
+PROBE_MIN_IMAGES = 100     # ... and at least (under a time limit: one image per second of it in between)
+TIMING_BATCH = 4           # images per timed training step
+TIMING_STEPS = 1           # timed steps per freeze depth, after one warm-up step at the first depth
 PROBE_C = 0.5              # L2 strength of the logistic-regression probe on standardised features
 # Relative cost of a forward pass (FLOPs at the native size, timm's model cards), to skip a probe
 # that the budget cannot afford before spending it.
@@ -71,6 +72,14 @@ def seconds_after_head(history: Sequence[dict[str, Any]], head_epochs: int) -> f
 
 
 # ----------------------------------------------------------------------------- the inner split
+
+
+def probe_images(time_limit: float | None) -> int:
+    """How many training images the probe looks at: :data:`PROBE_MAX_IMAGES`, or under a time limit
+    one per second of it, between :data:`PROBE_MIN_IMAGES` and that."""
+    if time_limit is None:
+        return PROBE_MAX_IMAGES
+    return int(min(PROBE_MAX_IMAGES, max(PROBE_MIN_IMAGES, time_limit)))
 
 
 def probe_split(scan: DataScan, seed: int, max_images: int = PROBE_MAX_IMAGES,
@@ -214,7 +223,7 @@ def time_depths(model, depths: Sequence[int], image_size: int, device, autocast:
         loss_fn = nn.CrossEntropyLoss()
         tail.train()
         timings = []
-        for _ in range(steps + 1):  # the first step warms up the allocator and kernels
+        for _ in range(steps + (not out["train_step"])):  # a first step warms up the allocator and kernels
             started = time.perf_counter()
             with autocast():
                 loss = loss_fn(tail(x), labels)
@@ -222,7 +231,7 @@ def time_depths(model, depths: Sequence[int], image_size: int, device, autocast:
             loss.backward()
             optimizer.step()
             timings.append(time.perf_counter() - started)
-        out["train_step"][depth] = min(timings[1:]) / batch
+        out["train_step"][depth] = timings[-1] / batch
         tail.eval()
         with torch.no_grad(), autocast():
             started = time.perf_counter()
