@@ -18,7 +18,8 @@ DEFAULTS = {f.name: f.default for f in dataclasses.fields(TrainConfig)}
 
 DataDir = Annotated[Path, typer.Argument(help="Folder with train/ and val/, or with one folder per class.")]
 Strategy = Annotated[str, typer.Option(help="scratch | feature-extraction | fine-tune.")]
-Backbone = Annotated[str, typer.Option(help="See 'graft backbones'; any timm name too.")]
+Backbone = Annotated[str, typer.Option(help="See 'graft backbones'; any timm name too. train: 'auto' probes the "
+                                                "offline ones and picks one (docs/time-limit.md).")]
 Pretrained = Annotated[bool, typer.Option(help="--no-pretrained: random init.")]
 Weights = Annotated[Optional[Path], typer.Option(help="Local .safetensors/.pth backbone weights.")]
 ImageSize = Annotated[Optional[int], typer.Option(help="Input size in pixels.")]
