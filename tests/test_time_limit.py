@@ -17,7 +17,7 @@ from graftkit.workflows.probe import (BackboneSpeed, CostModel, Schedule, estima
 from .conftest import graft, write_color_images
 
 
-def _fake_measure(accuracy: dict[str, float], step_seconds: dict[str, float], seen: list):
+def _fake_measure(accuracy: dict[str, float], step_seconds: dict[str, float], seen: list, cached: int | None = None):
     """A stand-in for measure_backbone: accuracy and speed by backbone name; records what it was shown."""
     def measure(cfg, inner):
         seen.append((cfg.backbone, [s.path for s in inner.train], [s.path for s in inner.val]))
@@ -25,7 +25,7 @@ def _fake_measure(accuracy: dict[str, float], step_seconds: dict[str, float], se
         speed = BackboneSpeed(cfg.backbone, 4, decode=0.0, forward=step / 3, prefix={1: step / 4, 2: step / 3},
                               train_step={1: step, 2: step / 2}, tail_eval={1: step / 3, 2: step / 4})
         return {"name": cfg.backbone, "image_size": 32, "probe_accuracy": accuracy[cfg.backbone], "speed": speed,
-                "seconds": 0.1, "pooled_cached": len(inner.train) + len(inner.val)}
+                "seconds": 0.1, "pooled_cached": len(inner.train) + len(inner.val) if cached is None else cached}
     return measure
 
 
@@ -92,8 +92,8 @@ def _plan(split_data, tmp_path, limit: float, seen: list):
 
 
 def test_the_plan_fits_the_budget_a_tiny_budget_gets_a_cheaper_plan(split_data, tmp_path, two_tiny):
-    small_cfg, small = _plan(split_data, tmp_path, 60.0, [])
-    large_cfg, large = _plan(split_data, tmp_path, 3600.0, [])
+    small_cfg, small, small_scan = _plan(split_data, tmp_path, 60.0, [])
+    large_cfg, large, _ = _plan(split_data, tmp_path, 3600.0, [])
     # large: the better probe and the richest schedule; small: what fits 60 s
     assert large_cfg.backbone == "tiny_b" and (large_cfg.finetune_epochs, large_cfg.freeze) == (8, 1)
     assert large_cfg.finetune_lr == planner.PLANNED_SETTINGS["finetune_lr"]
@@ -101,12 +101,26 @@ def test_the_plan_fits_the_budget_a_tiny_budget_gets_a_cheaper_plan(split_data, 
     assert small_cfg.total_epochs < large_cfg.total_epochs or small_cfg.backbone != large_cfg.backbone
     assert small_cfg.max_seconds < small["available_seconds"] and large_cfg.max_seconds > small_cfg.max_seconds
     assert all("predicted_seconds" in c and "ms_per_image" in c for c in small["candidates"])
+    assert len(small_scan.train) == 20 and small_cfg.split_file is None  # it fits: all training images
+
+
+def test_when_nothing_fits_a_stratified_subset_of_train_does_and_val_stays_whole(split_data, tmp_path):
+    cfg = TrainConfig(data_dir=split_data, out_dir=tmp_path / "run", device="cpu", progress="none", backbone="tiny_cnn")
+    scan = scan_data(split_data, 0.2, 0)
+    run_cfg, plan, run_scan = planner.make_plan(
+        cfg, scan, time_limit=60.0, started=time.monotonic(), auto_backbone=False, fixed=set(), say=lambda line: None,
+        measure=_fake_measure({"tiny_cnn": 0.7}, {"tiny_cnn": 4.5}, [], cached=0))  # 1.5 s a forward pass
+    assert 10 <= len(run_scan.train) < len(scan.train) and run_scan.val == scan.val
+    assert sorted({s.label for s in run_scan.train}) == [0, 1]
+    assert run_cfg.split_file == (tmp_path / "run" / planner.SUBSET_NAME).resolve()
+    assert plan["num_train"] == len(run_scan.train) and "training images" in plan["reason"]
+    assert plan["chosen"]["predicted_seconds"] <= plan["available_seconds"]
 
 
 def test_flags_given_with_a_time_limit_stay(split_data, tmp_path, two_tiny):
     cfg = TrainConfig(data_dir=split_data, out_dir=tmp_path / "run", device="cpu", progress="none",
                       backbone="tiny_cnn", finetune_epochs=3, freeze=2)
-    run_cfg, plan = planner.make_plan(cfg, scan_data(split_data, 0.2, 0), time_limit=3600.0, started=time.monotonic(),
+    run_cfg, plan, _ = planner.make_plan(cfg, scan_data(split_data, 0.2, 0), time_limit=3600.0, started=time.monotonic(),
                                       auto_backbone=False, fixed={"finetune_epochs", "freeze"}, say=lambda line: None,
                                       measure=_fake_measure({"tiny_cnn": 0.7}, {"tiny_cnn": 0.01}, []))
     assert (run_cfg.finetune_epochs, run_cfg.freeze, run_cfg.backbone) == (3, 2, "tiny_cnn")

@@ -31,6 +31,8 @@ RESERVE_FRACTION, RESERVE_MIN = 0.04, 5.0  # kept for the final evaluation and r
 PLANNED_SETTINGS = {"lr": 2.7e-3, "finetune_lr": 2.9e-4, "label_smoothing": 0.03}
 SCHEDULE_FIELDS = ("strategy", "epochs", "head_epochs", "finetune_epochs", "freeze")
 PLAN_NAME = "plan.json"
+SUBSET_NAME = "plan_split.csv"  # the training images kept when the limit cannot afford them all
+MIN_TRAIN_PER_CLASS = 5
 LABEL_ISSUES_SECONDS = 20.0  # the check after training (up to a minute of CPU) runs when this much is left
 
 
@@ -160,11 +162,38 @@ def candidate_json(c: dict[str, Any], chosen: dict[str, Any]) -> dict[str, Any]:
     return out
 
 
+def affordable_train_images(seconds: Callable[[int], float], num_train: int, available: float,
+                            minimum: int) -> int:
+    """The most training images (at least ``minimum``, at most ``num_train``) whose run is predicted
+    to fit ``available`` seconds; ``seconds(n)`` grows linearly with ``n``."""
+    base, slope = seconds(0), seconds(1) - seconds(0)
+    affordable = int((available - base) // slope) if slope > 0 else num_train
+    return max(min(affordable, num_train), min(minimum, num_train))
+
+
+def train_subset(scan, inner, num: int, seed: int):
+    """``num`` training images (about: stratified per class, seeded), the probe's first (their pooled
+    features are cached), and all of val: a DataScan like ``scan``."""
+    from ..data import DataScan
+    from ..data.scan import stratified_split
+
+    probed = [*inner.train, *inner.val]
+    if num <= len(probed):
+        kept = stratified_split(probed, scan.classes, num / len(probed), seed + 2, scan.root)[1]
+    else:
+        seen = {s.path for s in probed}
+        rest = [s for s in scan.train if s.path not in seen]
+        kept = probed + stratified_split(rest, scan.classes, (num - len(probed)) / len(rest), seed + 2, scan.root)[1]
+    kept = sorted(kept, key=lambda s: (s.label, str(s.path)))
+    return DataScan(scan.root, scan.layout, scan.classes, kept, list(scan.val), scan.bad, scan.ignored,
+                    list(scan.warnings))
+
+
 def make_plan(cfg: TrainConfig, scan, *, time_limit: float | None, started: float, auto_backbone: bool,
-              fixed: set[str], say: Callable[[str], None] = print,
-              measure: Callable = measure_backbone) -> tuple[TrainConfig, dict[str, Any]]:
-    """Probe, then choose. Returns the run's config (``max_seconds`` set under a limit) and what
-    ``plan.json`` holds."""
+              fixed: set[str], say: Callable[[str], None] = print, measure: Callable = measure_backbone):
+    """Probe, then choose. Returns ``(run config, plan.json's content, scan to train on)``: the config
+    has ``max_seconds`` under a limit; when even the cheapest plan cannot fit, the scan keeps a
+    stratified subset of the training images that does (listed in ``plan_split.csv``)."""
     inner = probe_split(scan, cfg.seed, probe_images(time_limit))
     names = AUTO_BACKBONES if auto_backbone else (cfg.backbone,)
     rows = probe_backbones(cfg, inner, names, time_limit, say, measure)
@@ -176,31 +205,40 @@ def make_plan(cfg: TrainConfig, scan, *, time_limit: float | None, started: floa
     schedule_fixed = bool(fixed & set(SCHEDULE_FIELDS)) or time_limit is None
     by_name = {r["backbone"]: r for r in rows}
 
-    def seconds(name: str, schedule: Schedule) -> float:
-        row = by_name[name]
-        return cost.seconds(name, schedule, num_train, num_val, decoded=name == cfg.backbone,
-                            pooled_cached=row["pooled_cached"])
+    def seconds(name: str, schedule: Schedule, n: int = num_train) -> float:
+        return cost.seconds(name, schedule, n, num_val, decoded=name == cfg.backbone,
+                            pooled_cached=min(by_name[name]["pooled_cached"], n))
 
     def schedules(name: str) -> Sequence[Schedule]:
         return [user_schedule(cfg)] if schedule_fixed else schedule_ladder(by_name[name]["num_stages"])
 
     chosen, reason = choose(rows, schedules, seconds, available)
-    changes = {} if schedule_fixed else schedule_settings(chosen["schedule"], fixed)
-    run_cfg = cfg.replace(backbone=chosen["backbone"], **changes)
+    name, schedule = chosen["backbone"], chosen["schedule"]
+    changes = {} if schedule_fixed else schedule_settings(schedule, fixed)
+    run_cfg, run_scan = cfg.replace(backbone=name, **changes), scan
+    if available is not None and not chosen["fits"]:
+        num = affordable_train_images(lambda n: seconds(name, schedule, n), num_train, available,
+                                      MIN_TRAIN_PER_CLASS * len(scan.classes))
+        if num < num_train:
+            run_scan = train_subset(scan, inner, num, cfg.seed)
+            run_cfg = run_cfg.replace(split_file=(Path(cfg.out_dir) / SUBSET_NAME).resolve())
+            chosen["predicted_seconds"] = round(seconds(name, schedule, len(run_scan.train)), 1)
+            reason += (f"; the limit affords {len(run_scan.train)} of {num_train} training images (stratified, "
+                       f"seeded; {SUBSET_NAME}), predicted {chosen['predicted_seconds']:.0f}s")
     if available is not None:
-        epoch = cost.epoch_seconds(chosen["backbone"], chosen["schedule"], num_train, num_val)
+        epoch = cost.epoch_seconds(name, schedule, len(run_scan.train), num_val)
         left = time_limit * TARGET_FRACTION - (time.monotonic() - started) - reserve
         run_cfg = run_cfg.replace(max_seconds=round(max(left - epoch, 1.0), 1))
     plan = {"time_limit_seconds": time_limit, "seconds_before_plan": round(elapsed, 1),
             "reserve_seconds": reserve, "available_seconds": None if available is None else round(available, 1),
-            "num_train": num_train, "num_val": num_val, "probe_split": "inner split of the training images "
+            "num_train": len(run_scan.train), "num_val": num_val, "probe_split": "inner split of the training images "
             f"({len(inner.train)} train / {len(inner.val)} val, seeded, stratified); the val split is not read",
             "candidates": [candidate_json(c, chosen) for c in rows], "chosen": {
-                "backbone": chosen["backbone"], "schedule": chosen["schedule"].describe(chosen["num_stages"]),
+                "backbone": name, "schedule": schedule.describe(chosen["num_stages"]),
                 "predicted_seconds": chosen["predicted_seconds"], "settings": changes,
                 "max_seconds": run_cfg.max_seconds},
             "reason": reason}
-    return run_cfg, plan
+    return run_cfg, plan, run_scan
 
 
 def summary_line(plan: dict[str, Any]) -> str:
@@ -222,8 +260,12 @@ def train_planned(cfg: TrainConfig, *, time_limit: float | None, started: float,
     out_dir = prepare_out_dir(cfg)  # refuse a used folder before spending the budget
     cfg = cfg.replace(out_dir=out_dir)
     scan = scan_for(cfg)
-    run_cfg, plan = make_plan(cfg, scan, time_limit=time_limit, started=started, auto_backbone=auto_backbone,
-                              fixed=set(fixed), say=say, measure=measure)
+    run_cfg, plan, scan = make_plan(cfg, scan, time_limit=time_limit, started=started, auto_backbone=auto_backbone,
+                                    fixed=set(fixed), say=say, measure=measure)
+    if run_cfg.split_file is not None and run_cfg.split_file != cfg.split_file:
+        from ..data.split_file import write_split_file
+
+        write_split_file(run_cfg.split_file, scan.root, scan.train, scan.val)
     atomic_write_text(Path(out_dir) / PLAN_NAME, json.dumps(plan, indent=2))
     print(summary_line(plan), flush=True)
     run = (train or fit)(run_cfg, scan=scan)

@@ -264,9 +264,11 @@ def measure_backbone(cfg: TrainConfig, inner: DataScan, depths: Sequence[int] | 
     autocast = autocast_for(prepared.device, prepared.precision)
     depths = list(depths if depths is not None else timing_depths(num_stages))
     timed = time_depths(model, depths, prepared.data.image_size, prepared.device, autocast)
-    if forward is None:  # every pooled feature was cached: time one batch
-        forward = timed["prefix"].get(min(timed["prefix"], default=0), 0.0) + \
-            timed["tail_eval"].get(min(timed["tail_eval"], default=0), 0.0)
+    # A forward pass timed warm (one batch, after the features): the features' own rate includes the
+    # first batches' kernel warm-up, which the run pays once and a small probe sample cannot spread.
+    shallowest = min(timed["tail_eval"])
+    warm = timed["prefix"][shallowest] + timed["tail_eval"][shallowest]
+    forward = warm if forward is None else min(forward, warm)
     speed = BackboneSpeed(cfg.backbone, num_stages, decode=decode_seconds / decoded_now if decoded_now else 0.0,
                           forward=forward, **timed)
     return {"name": cfg.backbone, "image_size": prepared.data.image_size, "probe_accuracy": accuracy,
