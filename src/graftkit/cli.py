@@ -191,9 +191,7 @@ def train(
     quiet: opt.Quiet = False,
     plain: opt.Plain = False,
     checkpoint_every: float = typer.Option(_D["checkpoint_every"], help="Seconds between checkpoints (0: every epoch)."),
-    time_limit: Optional[str] = typer.Option(None, "--time-limit", help="Wall-clock limit of the whole command "
-                                             "(90s, 10m, 1h): probe the backbones, plan backbone, freeze depth and "
-                                             "epochs to fit, train (see plan.json; docs/time-limit.md)."),
+    time_limit: opt.TimeLimit = None,
     max_seconds: Optional[float] = typer.Option(None, help="Older, training-only budget: no new epoch starts "
                                                 "after it (no plan). Prefer --time-limit."),
     lr_find: bool = typer.Option(False, "--lr-find", help="Run the learning-rate range test first and train with "
@@ -415,8 +413,7 @@ def compare(
     seeds: int = typer.Option(3, help="Seeds per strategy (--seed, --seed+1, ...)."),
     budget_epochs: Optional[int] = typer.Option(None, help="Epochs per run (default 6); fine-tune spends a third "
                                                 "on the head, the rest fine-tuning."),
-    time_limit: Optional[str] = typer.Option(None, "--time-limit", help="Wall-clock limit per run (90s, 10m, 1h), "
-                                             "checked between epochs."),
+    time_limit: opt.TimeLimit = None,
     budget_minutes: Optional[float] = typer.Option(None, help="Older spelling of --time-limit, in minutes."),
     backbone: opt.Backbone = _D["backbone"],
     pretrained: opt.Pretrained = True,

@@ -44,6 +44,10 @@ Device = Annotated[str, typer.Option(help="auto | cpu | cuda.")]
 Precision = Annotated[str, typer.Option(help="auto | fp32 | bf16 (autocast).")]
 Cache = Annotated[bool, typer.Option(help="--no-cache: decode and recompute everything in this run only.")]
 CacheDir = Annotated[Optional[Path], typer.Option(help="Cache folder.")]
+TimeLimit = Annotated[Optional[str], typer.Option(
+    "--time-limit", help="Wall-clock limit: 90s, 10m, 1h, 1h30m. train: of the whole command; the backbones are "
+                         "probed and backbone, freeze depth and epochs planned to fit (plan.json, "
+                         "docs/time-limit.md). compare: per run, checked between epochs.")]
 Quiet = Annotated[bool, typer.Option("--quiet", "-q", help="Print only the result.")]
 Plain = Annotated[bool, typer.Option(help="One line per epoch, no progress bar.")]
 

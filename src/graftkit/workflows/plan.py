@@ -217,8 +217,9 @@ def make_plan(cfg: TrainConfig, scan, *, time_limit: float | None, started: floa
     changes = {} if schedule_fixed else schedule_settings(schedule, fixed)
     run_cfg, run_scan = cfg.replace(backbone=name, **changes), scan
     if available is not None and not chosen["fits"]:
-        num = affordable_train_images(lambda n: seconds(name, schedule, n), num_train, available,
-                                      MIN_TRAIN_PER_CLASS * len(scan.classes))
+        # at least the probe's images (their pooled features are cached: free for a head-only plan)
+        minimum = max(MIN_TRAIN_PER_CLASS * len(scan.classes), by_name[name]["pooled_cached"])
+        num = affordable_train_images(lambda n: seconds(name, schedule, n), num_train, available, minimum)
         if num < num_train:
             run_scan = train_subset(scan, inner, num, cfg.seed)
             run_cfg = run_cfg.replace(split_file=(Path(cfg.out_dir) / SUBSET_NAME).resolve())
