@@ -32,6 +32,7 @@ PROBE_MAX_IMAGES = 400     # images of the inner split the probe looks at, at mo
 PROBE_VAL_FRACTION = 0.25  # of those, held out to score the probe
 PROBE_MIN_IMAGES = 100     # ... and at least (under a time limit: one image per second of it in between)
 TIMING_BATCH = 4           # images per timed training step
+FORWARD_BATCH = 16         # images of the timed forward pass (fit's evaluation batch on a CPU)
 TIMING_STEPS = 1           # timed steps per freeze depth, after one warm-up step at the first depth
 PROBE_C = 0.5              # L2 strength of the logistic-regression probe on standardised features
 # Relative cost of a forward pass (FLOPs at the native size, timm's model cards), to skip a probe
@@ -198,7 +199,8 @@ def linear_probe_accuracy(train_x: np.ndarray, train_y: np.ndarray, val_x: np.nd
 def time_depths(model, depths: Sequence[int], image_size: int, device, autocast: Callable,
                 batch: int = TIMING_BATCH, steps: int = TIMING_STEPS) -> dict[str, dict[int, float]]:
     """Per-image seconds of the frozen prefix, a training step of the rest and its evaluation, for
-    each depth (``depth == num_stages``: the head on pooled features, costs ~0 and is skipped)."""
+    each depth (``depth == num_stages``: the head on pooled features, costs ~0 and is skipped), and
+    of a warm forward pass (``"forward"``)."""
     import torch
     from torch import nn
 
@@ -238,6 +240,12 @@ def time_depths(model, depths: Sequence[int], image_size: int, device, autocast:
             tail(x)
             out["tail_eval"][depth] = (time.perf_counter() - started) / batch
     model.set_trainable([True] * num_stages, train_bn=True)
+    model.eval()
+    with torch.no_grad(), autocast():  # warm, at the batch size of fit's evaluation and feature caching
+        images = torch.randn(FORWARD_BATCH, 3, image_size, image_size, generator=generator).to(device)
+        started = time.perf_counter()
+        model.backbone(images)
+        out["forward"] = (time.perf_counter() - started) / FORWARD_BATCH
     return out
 
 
@@ -266,8 +274,7 @@ def measure_backbone(cfg: TrainConfig, inner: DataScan, depths: Sequence[int] | 
     timed = time_depths(model, depths, prepared.data.image_size, prepared.device, autocast)
     # A forward pass timed warm (one batch, after the features): the features' own rate includes the
     # first batches' kernel warm-up, which the run pays once and a small probe sample cannot spread.
-    shallowest = min(timed["tail_eval"])
-    warm = timed["prefix"][shallowest] + timed["tail_eval"][shallowest]
+    warm = timed.pop("forward")
     forward = warm if forward is None else min(forward, warm)
     speed = BackboneSpeed(cfg.backbone, num_stages, decode=decode_seconds / decoded_now if decoded_now else 0.0,
                           forward=forward, **timed)
