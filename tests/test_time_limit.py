@@ -19,7 +19,7 @@ from .conftest import graft, write_color_images
 
 def _fake_measure(accuracy: dict[str, float], step_seconds: dict[str, float], seen: list, cached: int | None = None):
     """A stand-in for measure_backbone: accuracy and speed by backbone name; records what it was shown."""
-    def measure(cfg, inner):
+    def measure(cfg, inner, steps_worth=None):
         seen.append((cfg.backbone, [s.path for s in inner.train], [s.path for s in inner.val]))
         step = step_seconds[cfg.backbone]
         speed = BackboneSpeed(cfg.backbone, 4, decode=0.0, forward=step / 3, prefix={1: step / 4, 2: step / 3},
@@ -131,7 +131,7 @@ def test_probes_that_the_budget_cannot_afford_are_skipped_and_said(split_data, m
     monkeypatch.setattr(planner, "AUTO_BACKBONES", ("tiny_cnn", "tiny_b"))
     cfg = TrainConfig(data_dir=split_data, device="cpu", progress="none")
 
-    def slow(cfg, inner):
+    def slow(cfg, inner, steps_worth=None):
         row = _fake_measure({cfg.backbone: 0.5}, {cfg.backbone: 0.01}, [])(cfg, inner)
         return {**row, "seconds": 30.0}
 
@@ -206,3 +206,17 @@ def test_compare_time_limit_is_budget_minutes(split_data, tmp_path):
     assert result.returncode == 0, result.stderr
     metrics = json.loads((tmp_path / "c" / "feature-extraction" / "seed0" / "metrics.json").read_text())
     assert metrics["stopped_early"]["reason"] == "max_seconds" and metrics["stopped_early"]["after_epoch"] == 1
+
+
+def test_measure_backbone_on_the_tiny_backbone_times_steps_only_when_worth_it(split_data):
+    from graftkit.workflows.probe import measure_backbone
+
+    cfg = TrainConfig(data_dir=split_data, backbone="tiny_cnn", device="cpu", progress="none")
+    inner = probe_split(scan_data(split_data, 0.2, 0), 0)
+    timed = measure_backbone(cfg, inner)
+    estimated = measure_backbone(cfg, inner, steps_worth=lambda forward: False)
+    assert timed["steps_timed"] and not estimated["steps_timed"]
+    assert 0 <= timed["probe_accuracy"] <= 1 and timed["pooled_cached"] == 20
+    speed = estimated["speed"]
+    assert set(speed.train_step) == {1, 2} and speed.train_step[1] == pytest.approx(3 * speed.forward * 3 / 4)
+    assert set(timed["speed"].train_step) == {1, 2} and all(v > 0 for v in timed["speed"].train_step.values())

@@ -104,11 +104,15 @@ def choose(candidates: list[dict[str, Any]], schedules: Callable[[str], Sequence
 
 
 def probe_backbones(cfg: TrainConfig, inner, names: Sequence[str], budget: float | None,
-                    say: Callable[[str], None], measure: Callable = measure_backbone) -> list[dict[str, Any]]:
+                    say: Callable[[str], None], measure: Callable = measure_backbone,
+                    num_images: int = 0) -> list[dict[str, Any]]:
     """Measure each backbone in turn; with a ``budget``, skip one whose probe (extrapolated from the
-    first by :data:`RELATIVE_COST`) would take the probes past :data:`PROBE_SHARE` of it."""
+    first by :data:`RELATIVE_COST`) would take the probes past :data:`PROBE_SHARE` of it, and time
+    training steps only where two forward passes over the ``num_images`` of the run fit the budget
+    (else no fine-tune schedule can: the steps are estimated from the forward pass)."""
     rows: list[dict[str, Any]] = []
     spent, first = 0.0, None
+    steps_worth = None if budget is None else (lambda forward: 2 * forward * num_images < budget - spent)
     for name in names:
         if budget is not None and first is not None:
             guess = first["seconds"] * RELATIVE_COST.get(name, 1.0) / RELATIVE_COST.get(first["backbone"], 1.0)
@@ -119,12 +123,13 @@ def probe_backbones(cfg: TrainConfig, inner, names: Sequence[str], budget: float
                                         f"{spent:.0f}s spent"})
                 say(f"plan: skipped {name} (the limit cannot afford its probe)")
                 continue
-        m = measure(cfg.replace(backbone=name, progress="none"), inner)
+        m = measure(cfg.replace(backbone=name, progress="none"), inner, steps_worth=steps_worth)
         speed = m["speed"]
         row = {"backbone": name, "image_size": m["image_size"], "probe_accuracy": round(m["probe_accuracy"], 4),
                "inner_train_images": len(inner.train), "inner_val_images": len(inner.val),
                "probe_seconds": round(m["seconds"], 1), "seconds": m["seconds"], "num_stages": speed.num_stages,
-               "seconds_per_image": speed.forward, "speed": speed, "pooled_cached": m["pooled_cached"]}
+               "seconds_per_image": speed.forward, "speed": speed, "pooled_cached": m["pooled_cached"],
+               "steps_timed": m.get("steps_timed", True)}
         rows.append(row)
         first = first or row
         spent += m["seconds"]
@@ -151,7 +156,7 @@ def user_schedule(cfg: TrainConfig) -> Schedule:
 
 def candidate_json(c: dict[str, Any], chosen: dict[str, Any]) -> dict[str, Any]:
     out = {k: c[k] for k in ("backbone", "image_size", "probe_accuracy", "inner_train_images", "inner_val_images",
-                             "probe_seconds", "predicted_seconds", "fits", "skipped") if k in c}
+                             "probe_seconds", "steps_timed", "predicted_seconds", "fits", "skipped") if k in c}
     if "speed" in c:
         s = c["speed"]
         out["ms_per_image"] = {"decode": round(s.decode * 1e3, 2), "forward": round(s.forward * 1e3, 2),
@@ -196,7 +201,7 @@ def make_plan(cfg: TrainConfig, scan, *, time_limit: float | None, started: floa
     stratified subset of the training images that does (listed in ``plan_split.csv``)."""
     inner = probe_split(scan, cfg.seed, probe_images(time_limit))
     names = AUTO_BACKBONES if auto_backbone else (cfg.backbone,)
-    rows = probe_backbones(cfg, inner, names, time_limit, say, measure)
+    rows = probe_backbones(cfg, inner, names, time_limit, say, measure, len(scan.train) + len(scan.val))
     cost = CostModel({r["backbone"]: r["speed"] for r in rows if "speed" in r})
     num_train, num_val = len(scan.train), len(scan.val)
     elapsed = time.monotonic() - started

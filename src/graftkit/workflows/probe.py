@@ -240,18 +240,37 @@ def time_depths(model, depths: Sequence[int], image_size: int, device, autocast:
             tail(x)
             out["tail_eval"][depth] = (time.perf_counter() - started) / batch
     model.set_trainable([True] * num_stages, train_bn=True)
-    model.eval()
-    with torch.no_grad(), autocast():  # warm, at the batch size of fit's evaluation and feature caching
-        images = torch.randn(FORWARD_BATCH, 3, image_size, image_size, generator=generator).to(device)
-        started = time.perf_counter()
-        model.backbone(images)
-        out["forward"] = (time.perf_counter() - started) / FORWARD_BATCH
     return out
 
 
-def measure_backbone(cfg: TrainConfig, inner: DataScan, depths: Sequence[int] | None = None) -> dict[str, Any]:
+def time_forward(model, image_size: int, device, autocast: Callable, batch: int = FORWARD_BATCH) -> float:
+    """Per-image seconds of a forward pass to pooled features, at fit's evaluation batch size."""
+    import torch
+
+    model.eval()
+    generator = torch.Generator().manual_seed(1)
+    images = torch.randn(batch, 3, image_size, image_size, generator=generator).to(device)
+    with torch.no_grad(), autocast():
+        started = time.perf_counter()
+        model.backbone(images)
+        return (time.perf_counter() - started) / batch
+
+
+def estimated_depths(forward: float, depths: Sequence[int], num_stages: int) -> dict[str, dict[int, float]]:
+    """What :func:`time_depths` would measure, from the forward pass alone (stages share the cost
+    evenly; a training step costs three forward passes): when timing them is not worth its cost."""
+    trained = {d: (num_stages - d) / num_stages for d in depths if d < num_stages}
+    return {"prefix": {d: forward * (1 - share) for d, share in trained.items()},
+            "train_step": {d: 3 * forward * share for d, share in trained.items()},
+            "tail_eval": {d: forward * share for d, share in trained.items()}}
+
+
+def measure_backbone(cfg: TrainConfig, inner: DataScan, depths: Sequence[int] | None = None,
+                     steps_worth: Callable[[float], bool] | None = None) -> dict[str, Any]:
     """Probe ``cfg.backbone`` (at its native size) on ``inner``: probe accuracy on its val part, and
-    a :class:`BackboneSpeed`. Returns ``{"name", "probe_accuracy", "speed", "seconds"}``."""
+    a :class:`BackboneSpeed`. The training steps are timed unless ``steps_worth(seconds of a forward
+    pass per image)`` says no (then :func:`estimated_depths`). Returns ``{"name", "probe_accuracy",
+    "speed", "seconds", "steps_timed", ...}``."""
     from ..engine.label_issues import pooled_features
     from ..engine.prepare import prepare
     from ..engine.runtime import autocast_for, seed_everything
@@ -271,12 +290,15 @@ def measure_backbone(cfg: TrainConfig, inner: DataScan, depths: Sequence[int] | 
     model, num_stages = prepared.model, prepared.model.backbone.num_stages
     autocast = autocast_for(prepared.device, prepared.precision)
     depths = list(depths if depths is not None else timing_depths(num_stages))
-    timed = time_depths(model, depths, prepared.data.image_size, prepared.device, autocast)
     # A forward pass timed warm (one batch, after the features): the features' own rate includes the
     # first batches' kernel warm-up, which the run pays once and a small probe sample cannot spread.
-    warm = timed.pop("forward")
+    warm = time_forward(model, prepared.data.image_size, prepared.device, autocast)
     forward = warm if forward is None else min(forward, warm)
+    steps_timed = steps_worth is None or steps_worth(forward)
+    timed = (time_depths(model, depths, prepared.data.image_size, prepared.device, autocast) if steps_timed
+             else estimated_depths(forward, depths, num_stages))
     speed = BackboneSpeed(cfg.backbone, num_stages, decode=decode_seconds / decoded_now if decoded_now else 0.0,
                           forward=forward, **timed)
     return {"name": cfg.backbone, "image_size": prepared.data.image_size, "probe_accuracy": accuracy,
-            "speed": speed, "seconds": time.perf_counter() - started, "pooled_cached": n_train + len(inner.val)}
+            "speed": speed, "seconds": time.perf_counter() - started, "pooled_cached": n_train + len(inner.val),
+            "steps_timed": steps_timed}
