@@ -156,7 +156,7 @@ def test_cost_model_and_the_estimate_for_the_sweep():
                           tail_eval={1: 0.03})
     cost = CostModel({"tiny_cnn": speed}, fixed=0.0, head_epoch_per_image=0.0)
     schedule = Schedule("fine-tune", 2, 3, 1)
-    expected = 120 * 0.01 + 120 * 0.02 + 120 * 0.005 + 3 * (100 * 0.1 + 20 * 0.03) + 20 * 0.02
+    expected = 120 * 0.01 + 120 * 0.02 + 120 * 0.005 + 3 * (100 * 0.1 + 20 * 0.03) + 100 * 0.02 + 20 * 0.02
     assert cost.seconds("tiny_cnn", schedule, 100, 20) == pytest.approx(expected)
     cfg = TrainConfig(data_dir="x", backbone="tiny_cnn", head_epochs=2, finetune_epochs=3, freeze=1)
     assert estimate_training_seconds(cost, cfg, 100, 20) == pytest.approx(expected)

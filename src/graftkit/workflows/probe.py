@@ -142,8 +142,9 @@ class CostModel:
     def seconds(self, backbone: str, schedule: Schedule, num_train: int, num_val: int,
                 decoded: bool = False, pooled_cached: int = 0) -> float:
         """Whole-run seconds: decoding (unless ``decoded``), pooled features (less ``pooled_cached``
-        rows already in the cache), head epochs, caching the frozen prefix, fine-tune epochs, the
-        final evaluation and the fixed part."""
+        rows already in the cache), head epochs, caching the frozen prefix, fine-tune epochs and the
+        fine-tuned model's training features (for the unknown detector), the final evaluation (a full
+        forward pass over val, also after feature extraction) and the fixed part."""
         s = self.speeds[backbone]
         images = num_train + num_val
         total = self.fixed + (0.0 if decoded else images * s.decode)
@@ -153,6 +154,7 @@ class CostModel:
             depth = _nearest(s.train_step, schedule.freeze)
             total += images * s.prefix.get(depth, 0.0)
             total += schedule.finetune_epochs * (num_train * s.train_step[depth] + num_val * s.tail_eval[depth])
+            total += num_train * s.forward  # the unknown detector's features of the fine-tuned model
         return total + num_val * s.forward  # the final evaluation of the best epoch's model
 
     def epoch_seconds(self, backbone: str, schedule: Schedule, num_train: int, num_val: int) -> float:
