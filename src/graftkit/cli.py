@@ -4,6 +4,7 @@ from __future__ import annotations
 import json
 import os
 import sys
+import time
 import traceback
 from pathlib import Path
 from typing import Annotated, Optional
@@ -32,6 +33,7 @@ def _main(version: Annotated[bool, typer.Option("--version", callback=_version, 
                                                 help="Print the version and exit.")] = False,
           debug: Annotated[bool, typer.Option("--debug", help="Show tracebacks on errors.")] = False) -> None:
     _state["debug"] = debug
+    _state["started"] = time.monotonic()  # --time-limit counts from here (torch is imported later)
 
 
 @app.command()
@@ -189,7 +191,9 @@ def train(
     quiet: opt.Quiet = False,
     plain: opt.Plain = False,
     checkpoint_every: float = typer.Option(_D["checkpoint_every"], help="Seconds between checkpoints (0: every epoch)."),
-    max_seconds: Optional[float] = typer.Option(None, help="Wall-clock budget: no new epoch starts after it."),
+    time_limit: opt.TimeLimit = None,
+    max_seconds: Optional[float] = typer.Option(None, help="Older, training-only budget: no new epoch starts "
+                                                "after it (no plan). Prefer --time-limit."),
     lr_find: bool = typer.Option(False, "--lr-find", help="Run the learning-rate range test first and train with "
                                  "its suggestion (--lr; the plot goes to lr_find.png in the run folder)."),
     resume: Optional[Path] = typer.Option(None, help="Continue the interrupted run in this folder, with its saved "
@@ -238,6 +242,9 @@ def train(
     if data_dir is None:
         raise GraftError("train needs DATA_DIR (or --resume RUN_DIR). See 'graft train --help'.")
     freeze_auto = freeze.strip().lower() == "auto"
+    planned = _planned(ctx, time_limit, backbone, max_seconds, freeze_auto, lr_find or pseudo_label or
+                       unlabeled is not None, nproc)
+    backbone = _D["backbone"] if planned and planned["auto_backbone"] else backbone
     try:
         freeze_depth = 0 if freeze_auto else int(freeze)
     except ValueError:
@@ -265,6 +272,12 @@ def train(
         train_pseudo_label(cfg, unlabeled, pseudo_label, rounds, threshold, class_quantile, max_ratio,
                             max_per_class, quiet)
         return
+    if planned:
+        from .workflows.plan import train_planned
+
+        run = train_planned(cfg, started=_state.get("started") or time.monotonic(), **planned)
+        _after_training(run, quiet)
+        return
     scan = None
     if lr_find:
         from .engine.fit import default_out_dir, prepare_out_dir
@@ -280,6 +293,27 @@ def train(
         cfg = cfg.replace(lr=float(f"{result.suggestion:.1e}"))
     run = train_run(cfg, scan=scan)
     _after_training(run, quiet)
+
+
+def _planned(ctx: typer.Context, time_limit: Optional[str], backbone: str, max_seconds: Optional[float],
+             freeze_auto: bool, other_workflow: bool, nproc: int) -> dict | None:
+    """``--time-limit`` / ``--backbone auto``: what :func:`graftkit.workflows.plan.train_planned` needs
+    (the limit in seconds, whether to probe every offline backbone, the flags the user fixed); None
+    for a plain run."""
+    from .config import parse_duration
+
+    seconds = None if time_limit is None else parse_duration(time_limit, "--time-limit")
+    given = {name for name in ctx.params
+             if getattr(ctx.get_parameter_source(name), "name", None) in ("COMMANDLINE", "ENVIRONMENT")}
+    auto = backbone.strip().lower() == "auto" or (seconds is not None and "backbone" not in given)
+    if seconds is None and not auto:
+        return None
+    if max_seconds is not None and seconds is not None:
+        raise ConfigError("--max-seconds is the older, training-only spelling of --time-limit: give one of them")
+    if freeze_auto or other_workflow or nproc > 1:
+        raise ConfigError("--time-limit and --backbone auto plan one run in one process: drop --freeze auto, "
+                          "--lr-find, --pseudo-label/--unlabeled and --nproc")
+    return {"time_limit": seconds, "auto_backbone": auto, "fixed": given - {"backbone"}}
 
 
 def _after_training(run, quiet: bool) -> None:
@@ -379,7 +413,8 @@ def compare(
     seeds: int = typer.Option(3, help="Seeds per strategy (--seed, --seed+1, ...)."),
     budget_epochs: Optional[int] = typer.Option(None, help="Epochs per run (default 6); fine-tune spends a third "
                                                 "on the head, the rest fine-tuning."),
-    budget_minutes: Optional[float] = typer.Option(None, help="Wall-clock minutes per run, checked between epochs."),
+    time_limit: opt.TimeLimit = None,
+    budget_minutes: Optional[float] = typer.Option(None, help="Older spelling of --time-limit, in minutes."),
     backbone: opt.Backbone = _D["backbone"],
     pretrained: opt.Pretrained = True,
     image_size: opt.ImageSize = None,
@@ -404,6 +439,12 @@ def compare(
     from .workflows.compare import compare as run_compare
 
     names = [s.strip() for s in strategies.split(",") if s.strip()]
+    if time_limit is not None:
+        from .config import parse_duration
+
+        if budget_minutes is not None:
+            raise ConfigError("--budget-minutes is the older spelling of --time-limit: give one of them")
+        budget_minutes = parse_duration(time_limit, "--time-limit") / 60.0
     base = TrainConfig(data_dir=data_dir, backbone=backbone, pretrained=pretrained, image_size=image_size, lr=lr,
                        finetune_lr=finetune_lr, batch_size=batch_size, augment=augment, val_fraction=val_fraction,
                        seed=seed, skip_bad_images=skip_bad_images, device=device, precision=precision, cache=cache,

@@ -18,7 +18,8 @@ DEFAULTS = {f.name: f.default for f in dataclasses.fields(TrainConfig)}
 
 DataDir = Annotated[Path, typer.Argument(help="Folder with train/ and val/, or with one folder per class.")]
 Strategy = Annotated[str, typer.Option(help="scratch | feature-extraction | fine-tune.")]
-Backbone = Annotated[str, typer.Option(help="See 'graft backbones'; any timm name too.")]
+Backbone = Annotated[str, typer.Option(help="See 'graft backbones'; any timm name too. train: 'auto' probes the "
+                                                "offline ones and picks one (docs/time-limit.md).")]
 Pretrained = Annotated[bool, typer.Option(help="--no-pretrained: random init.")]
 Weights = Annotated[Optional[Path], typer.Option(help="Local .safetensors/.pth backbone weights.")]
 ImageSize = Annotated[Optional[int], typer.Option(help="Input size in pixels.")]
@@ -43,6 +44,10 @@ Device = Annotated[str, typer.Option(help="auto | cpu | cuda.")]
 Precision = Annotated[str, typer.Option(help="auto | fp32 | bf16 (autocast).")]
 Cache = Annotated[bool, typer.Option(help="--no-cache: decode and recompute everything in this run only.")]
 CacheDir = Annotated[Optional[Path], typer.Option(help="Cache folder.")]
+TimeLimit = Annotated[Optional[str], typer.Option(
+    "--time-limit", help="Wall-clock limit: 90s, 10m, 1h, 1h30m. train: of the whole command; the backbones are "
+                         "probed and backbone, freeze depth and epochs planned to fit (plan.json, "
+                         "docs/time-limit.md). compare: per run, checked between epochs.")]
 Quiet = Annotated[bool, typer.Option("--quiet", "-q", help="Print only the result.")]
 Plain = Annotated[bool, typer.Option(help="One line per epoch, no progress bar.")]
 
@@ -54,7 +59,7 @@ PANELS = {
     "Data": ("val_fraction", "seed", "split_seed", "skip_bad_images"),
     "Model": ("strategy", "backbone", "pretrained", "weights", "image_size", "freeze", "dropout", "train_bn"),
     "Schedule": ("epochs", "head_epochs", "finetune_epochs", "lr", "finetune_lr", "stage_lr_decay", "weight_decay",
-                 "label_smoothing", "lr_find", "max_seconds", "budget_epochs", "budget_minutes", "seeds",
+                 "label_smoothing", "lr_find", "time_limit", "max_seconds", "budget_epochs", "budget_minutes", "seeds",
                  "strategies"),
     "Augmentation": ("augment", "mixup", "cutmix", "cache_views"),
     "Scarce labels": ("unlabeled", "pseudo_label", "rounds", "threshold", "class_quantile", "max_ratio",
@@ -79,6 +84,7 @@ DEFAULT_TEXT = {  # by option name, or by (command, option name)
     "out": "runs/<time>-<strategy>",
     "cache_dir": "~/.cache/graftkit",
     "max_seconds": "no limit",
+    "time_limit": "no limit",
     "weights": "the backbone's own",
     "max_per_class": "no limit",
     "budget_epochs": "6",

@@ -247,6 +247,16 @@ FREEZE_AUTO_SCHEMA: Schema = {
     "chosen_depth": ("an integer or null", optional(is_int()), False),
 }
 
+PLAN_SCHEMA: Schema = {  # plan.json of --time-limit / --backbone auto (workflows/plan.py)
+    "candidates": ("a list of {backbone, probe_accuracy (or null: skipped)}",
+                   is_list(lambda r: isinstance(r, dict) and is_name(r.get("backbone"))
+                           and optional(_ACC)(r.get("probe_accuracy")), 1), True),
+    "chosen.backbone": ("a backbone name", is_name, True),
+    "chosen.schedule": ("a text", is_str, True),
+    "reason": ("a text", is_str, False),
+    "time_limit_seconds": ("a number > 0 or null", optional(is_number(0)), False),
+}
+
 LR_FIND_SCHEMA: Schema = {
     "lrs": ("a list of numbers", is_list(_NUM, 1), True),
     "losses": ("a list of numbers", is_list(_NUM), True),

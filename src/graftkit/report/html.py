@@ -272,6 +272,28 @@ def freeze_auto_section(run: RunFiles) -> str:
     return section("Freeze depth chosen by measurement (--freeze auto)", body, "freeze-auto")
 
 
+def plan_section(run: RunFiles) -> str:
+    info = run.plan
+    if not info:
+        return ""
+    rows, chosen_index = [], None
+    for i, c in enumerate(info["candidates"]):
+        chosen_index = i if c.get("chosen") else chosen_index
+        speed = c.get("ms_per_image") or {}
+        accuracy = "skipped" if c.get("probe_accuracy") is None else f"{c['probe_accuracy']:.3f}"
+        rows.append((c["backbone"], accuracy, "" if "forward" not in speed else f"{speed['forward']:.1f}",
+                     c.get("schedule") or c.get("skipped", ""), secs(c.get("predicted_seconds")),
+                     "chosen" if c.get("chosen") else ""))
+    limit = info.get("time_limit_seconds")
+    body = (f"<p>{esc(info.get('reason', ''))}</p>"
+            + table(["backbone", "probe accuracy (inner split)", "ms/image forward", "best schedule that fits",
+                     "predicted", ""], rows, numeric=(1, 2, 4), highlight=chosen_index)
+            + f'<p class="note">{esc(info.get("probe_split", ""))}. '
+            + (f"Time limit {secs(limit)}: {secs(info.get('seconds_before_plan'))} spent before the plan, "
+               f"{secs(info.get('reserve_seconds'))} kept for the final evaluation and files.</p>" if limit else "</p>"))
+    return section("Plan: backbone and schedule chosen by measurement", body, "plan")
+
+
 def lr_find_section(run: RunFiles) -> str:
     info = run.lr_find
     if not info:
@@ -420,7 +442,7 @@ def render_run_report(run_dir: str | Path, out: str | Path | None = None, worst:
                      "wall-clock seconds since the run started.</p>", "curves")
     sections = [diagnosis_section(run), curves, metrics_section(run), calibration_section(run), per_class_section(run),
                 worst_section(run, worst), label_issues_section(run), gradcam_section(run, gradcam),
-                freeze_auto_section(run), lr_find_section(run), data_section(run),
+                plan_section(run), freeze_auto_section(run), lr_find_section(run), data_section(run),
                 config_section(run.config, metrics=run.metrics)]
     text = page(title, subtitle, summary, [s for s in sections if s], f"graft report {run_dir}")
     path = Path(out) if out is not None else run.run_dir / "report.html"

@@ -8,7 +8,7 @@ from pathlib import Path
 from typing import Any
 
 from ..errors import ConfigError
-from ..runfiles_schema import (COMPARE_SCHEMA, FREEZE_AUTO_SCHEMA, HISTORY_SCHEMA, LABEL_ISSUE_COLUMNS,
+from ..runfiles_schema import (COMPARE_SCHEMA, FREEZE_AUTO_SCHEMA, PLAN_SCHEMA, HISTORY_SCHEMA, LABEL_ISSUE_COLUMNS,
                                LR_FIND_SCHEMA, METRICS_SCHEMA, Schema, check_report_file, parse_prediction_row)
 
 
@@ -30,6 +30,7 @@ class RunFiles:
     label_conflicts: list[tuple[str, str, str]] = field(default_factory=list)  # (group, class, path)
     label_issues: list[dict[str, str]] = field(default_factory=list)  # label_issues.csv rows, rank order
     freeze_auto: dict[str, Any] | None = None
+    plan: dict[str, Any] | None = None  # plan.json (--time-limit, --backbone auto)
     lr_find: dict[str, Any] | None = None
     resources: dict[str, Any] | None = None
 
@@ -143,6 +144,7 @@ def load_run(run_dir: str | Path) -> RunFiles:
                     history=history, predictions=predictions, skipped=skipped, duplicates=duplicates,
                     label_conflicts=label_conflicts, label_issues=label_issues,
                     freeze_auto=_read_json(run_dir / "freeze_auto.json", FREEZE_AUTO_SCHEMA),
+                    plan=_read_json(run_dir / "plan.json", PLAN_SCHEMA),
                     lr_find=_read_json(run_dir / "lr_find.json", LR_FIND_SCHEMA),
                     resources=_read_json(run_dir / "resources.json"))
 

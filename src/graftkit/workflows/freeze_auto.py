@@ -21,27 +21,9 @@ from typing import Any, Callable, Sequence
 
 from ..config import TrainConfig
 from ..errors import ConfigError
+from .probe import candidate_depths, depth_label, seconds_after_head  # noqa: F401  (re-exported)
 
 TIE_TOLERANCE = 0.005  # accuracies this close count as equal: the faster depth wins
-MAX_CANDIDATES = 5
-
-
-def candidate_depths(num_stages: int) -> list[int]:
-    """Frozen-stage counts to try, most frozen first: all, all but the last, all but two, half, none."""
-    out: list[int] = []
-    for depth in (num_stages, num_stages - 1, num_stages - 2, num_stages // 2, 0):
-        if 0 <= depth <= num_stages and depth not in out:
-            out.append(depth)
-    return out[:MAX_CANDIDATES]
-
-
-def depth_label(depth: int, num_stages: int) -> str:
-    trainable = num_stages - depth
-    if trainable <= 0:
-        return "all frozen (feature extraction)"
-    if depth == 0:
-        return "none frozen (all stages trained)"
-    return "last stage trainable" if trainable == 1 else f"last {trainable} stages trainable"
 
 
 def candidate_finetune_epochs(cfg: TrainConfig) -> int:
@@ -103,7 +85,7 @@ def measure_freeze_depths(cfg: TrainConfig, scan: Any, num_stages: int, depths: 
             candidate = candidate.replace(progress="none", max_seconds=None)
             run = train(candidate, scan=scan)
             history = list(run.history)
-            differing = sum(r["seconds"] for r in history[cfg.head_epochs:])
+            differing = seconds_after_head(history, cfg.head_epochs)
             row = {"depth": depth, "label": label, "trainable_stages": num_stages - depth,
                    "val_accuracy": float(run.metrics["val_accuracy"]), "seconds": round(differing, 3),
                    "seconds_total": round(float(run.metrics.get("seconds_total", differing)), 3),

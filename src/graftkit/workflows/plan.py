@@ -1,0 +1,285 @@
+"""``graft train --time-limit 10m`` and ``--backbone auto``: measure, plan, then train once.
+
+The time limit covers the whole process from the command line's start. What is spent before the
+plan (start-up, the scan, the probes of :mod:`graftkit.workflows.probe`) is subtracted, a reserve
+is kept for the final evaluation and the run files, and the planner picks, from a ladder of
+schedules (the richest first, informed by the flowers sweep: fine-tune with stage 0 frozen, lr
+2.7e-3, fine-tune lr 2.9e-4, label smoothing 0.03), the richest one whose predicted seconds fit.
+``fit``'s ``max_seconds`` then stops before an epoch that would not end in time; the best epoch
+is kept. Backbones are ranked by linear-probe accuracy on an inner split of the training images,
+never on the val split the run reports. ``plan.json`` in the run folder records every candidate.
+"""
+from __future__ import annotations
+
+import json
+import math
+import time
+from pathlib import Path
+from typing import Any, Callable, Sequence
+
+from ..config import TrainConfig
+from ..errors import ConfigError
+from .probe import RELATIVE_COST, CostModel, Schedule, measure_backbone, probe_images, probe_split
+
+AUTO_BACKBONES = ("efficientnet_lite0", "efficientnet_lite1", "efficientnet_lite2")
+PROBE_SHARE = 0.2       # probing stops before a backbone whose probe would pass this share of the limit
+TARGET_FRACTION = 0.97  # the plan aims to end here; fit's clock, the reserve and the slack cover the rest
+RESERVE_FRACTION, RESERVE_MIN = 0.04, 5.0  # kept for the final evaluation and run files
+# Settings of the planned fine-tune schedules: the best of a 20-trial flowers sweep (lite0, stage 0
+# frozen, 5 fine-tune epochs: 0.928 against 0.904 with the defaults). A flag given on the command
+# line wins over them.
+PLANNED_SETTINGS = {"lr": 2.7e-3, "finetune_lr": 2.9e-4, "label_smoothing": 0.03}
+SCHEDULE_FIELDS = ("strategy", "epochs", "head_epochs", "finetune_epochs", "freeze")
+PLAN_NAME = "plan.json"
+SUBSET_NAME = "plan_split.csv"  # the training images kept when the limit cannot afford them all
+MIN_TRAIN_PER_CLASS = 5
+LABEL_ISSUES_SECONDS = 20.0  # the check after training (up to a minute of CPU) runs when this much is left
+
+
+def schedule_ladder(num_stages: int) -> list[Schedule]:
+    """Candidate schedules, the richest (and slowest) first."""
+    shallow, half, deep = min(1, num_stages - 1), num_stages // 2, max(num_stages - 2, 0)
+    ladder = [Schedule("fine-tune", 2, n, shallow) for n in (8, 6, 5, 4, 3)]
+    ladder += [Schedule("fine-tune", 2, 3, half), Schedule("fine-tune", 2, 3, deep),
+               Schedule("fine-tune", 2, 2, num_stages - 1), Schedule("fine-tune", 1, 1, num_stages - 1)]
+    return ladder + [Schedule("feature-extraction", 10), Schedule("feature-extraction", 3)]
+
+
+def tier(schedule: Schedule) -> int:
+    """2: fine-tune with at least 4 epochs unfrozen; 1: a shorter fine-tune; 0: feature extraction."""
+    if schedule.strategy != "fine-tune" or not schedule.finetune_epochs:
+        return 0
+    return 2 if schedule.finetune_epochs >= 4 else 1
+
+
+def tie_tolerance(accuracy: float, num_val: int) -> float:
+    """The standard error of a probe accuracy on ``num_val`` images (at least one point)."""
+    return max(0.01, math.sqrt(max(accuracy * (1 - accuracy), 1e-4) / max(num_val, 1)))
+
+
+def fit_schedule(ladder: Sequence[Schedule], seconds: Callable[[Schedule], float],
+                 available: float | None) -> tuple[Schedule, float, bool]:
+    """The first schedule of ``ladder`` predicted to fit ``available`` seconds (or the first, with no
+    limit); the last one when none does. Returns ``(schedule, predicted seconds, fits)``."""
+    for schedule in ladder:
+        predicted = seconds(schedule)
+        if available is None or predicted <= available:
+            return schedule, predicted, True
+    return ladder[-1], seconds(ladder[-1]), False
+
+
+def choose(candidates: list[dict[str, Any]], schedules: Callable[[str], Sequence[Schedule]],
+           seconds: Callable[[str, Schedule], float], available: float | None) -> tuple[dict[str, Any], str]:
+    """Pick backbone and schedule. Each probed backbone gets the richest schedule that fits; the
+    highest tier of schedule wins, then the best probe accuracy; accuracies within the probe's
+    standard error count as tied and the faster backbone wins. Fills each candidate's ``schedule``,
+    ``predicted_seconds`` and ``fits``; returns ``(chosen candidate, reason)``."""
+    probed = [c for c in candidates if c.get("probe_accuracy") is not None]
+    if not probed:
+        raise ConfigError("no backbone could be probed; pass --backbone NAME")
+    for c in probed:
+        schedule, predicted, fits = fit_schedule(schedules(c["backbone"]), lambda s: seconds(c["backbone"], s),
+                                                 available)
+        c.update(schedule=schedule, predicted_seconds=round(predicted, 1), fits=fits, tier=tier(schedule))
+    fitting = [c for c in probed if c["fits"]] or probed
+    top_tier = max(c["tier"] for c in fitting)
+    pool = [c for c in fitting if c["tier"] == top_tier]
+    best = max(pool, key=lambda c: c["probe_accuracy"])
+    tolerance = tie_tolerance(best["probe_accuracy"], best["inner_val_images"])
+    ties = [c for c in pool if c["probe_accuracy"] >= best["probe_accuracy"] - tolerance - 1e-12]
+    chosen = min(ties, key=lambda c: (c["seconds_per_image"], -c["probe_accuracy"]))
+    why = [f"{chosen['backbone']}: probe accuracy {chosen['probe_accuracy']:.3f} on the inner split"]
+    if len(ties) > 1:
+        others = ", ".join(f"{c['backbone']} {c['probe_accuracy']:.3f}" for c in ties if c is not chosen)
+        why.append(f"tied within the probe's standard error ({tolerance:.3f}) with {others}; the fastest wins")
+    elif len(pool) > 1:
+        why.append("the best of the backbones that fit the same kind of schedule")
+    left_out = [c["backbone"] for c in fitting if c["tier"] < top_tier]
+    if left_out:
+        why.append(f"{', '.join(left_out)} would only fit a shorter schedule")
+    if available is not None:
+        why.append(f"{chosen['schedule'].describe(chosen['num_stages'])}: predicted {chosen['predicted_seconds']:.0f}s "
+                   f"of {available:.0f}s available" + ("" if chosen["fits"] else " (the cheapest; over budget)"))
+    return chosen, "; ".join(why)
+
+
+def probe_backbones(cfg: TrainConfig, inner, names: Sequence[str], budget: float | None,
+                    say: Callable[[str], None], measure: Callable = measure_backbone,
+                    num_images: int = 0) -> list[dict[str, Any]]:
+    """Measure each backbone in turn; with a ``budget``, skip one whose probe (extrapolated from the
+    first by :data:`RELATIVE_COST`) would take the probes past :data:`PROBE_SHARE` of it, and time
+    training steps only where two forward passes over the ``num_images`` of the run fit the budget
+    (else no fine-tune schedule can: the steps are estimated from the forward pass)."""
+    rows: list[dict[str, Any]] = []
+    spent, first = 0.0, None
+    steps_worth = None if budget is None else (lambda forward: 2 * forward * num_images < budget - spent)
+    for name in names:
+        if budget is not None and first is not None:
+            guess = first["seconds"] * RELATIVE_COST.get(name, 1.0) / RELATIVE_COST.get(first["backbone"], 1.0)
+            if spent + guess > PROBE_SHARE * budget:
+                rows.append({"backbone": name, "probe_accuracy": None,
+                             "skipped": f"probing it would take ~{guess:.0f}s; the probes may use "
+                                        f"{PROBE_SHARE:.0%} of the limit ({PROBE_SHARE * budget:.0f}s), "
+                                        f"{spent:.0f}s spent"})
+                say(f"plan: skipped {name} (the limit cannot afford its probe)")
+                continue
+        m = measure(cfg.replace(backbone=name, progress="none"), inner, steps_worth=steps_worth)
+        speed = m["speed"]
+        row = {"backbone": name, "image_size": m["image_size"], "probe_accuracy": round(m["probe_accuracy"], 4),
+               "inner_train_images": len(inner.train), "inner_val_images": len(inner.val),
+               "probe_seconds": round(m["seconds"], 1), "seconds": m["seconds"], "num_stages": speed.num_stages,
+               "seconds_per_image": speed.forward, "speed": speed, "pooled_cached": m["pooled_cached"],
+               "steps_timed": m.get("steps_timed", True)}
+        rows.append(row)
+        first = first or row
+        spent += m["seconds"]
+        say(f"plan: {name} probe accuracy {row['probe_accuracy']:.3f} ({len(inner.val)} inner val images), "
+            f"{speed.forward * 1000:.0f} ms/image forward, probed in {m['seconds']:.0f}s")
+    return rows
+
+
+def schedule_settings(schedule: Schedule, fixed: set[str]) -> dict[str, Any]:
+    """TrainConfig changes of a planned schedule (flags in ``fixed`` are the user's and stay)."""
+    if schedule.strategy == "fine-tune":
+        changes = dict(strategy="fine-tune", head_epochs=schedule.head_epochs,
+                       finetune_epochs=schedule.finetune_epochs, freeze=schedule.freeze, **PLANNED_SETTINGS)
+    else:
+        changes = dict(strategy="feature-extraction", epochs=schedule.epochs, lr=PLANNED_SETTINGS["lr"])
+    return {k: v for k, v in changes.items() if k not in fixed}
+
+
+def user_schedule(cfg: TrainConfig) -> Schedule:
+    if cfg.strategy == "fine-tune":
+        return Schedule("fine-tune", cfg.head_epochs or 0, cfg.finetune_epochs or 0, cfg.freeze)
+    return Schedule(cfg.strategy, cfg.total_epochs)
+
+
+def candidate_json(c: dict[str, Any], chosen: dict[str, Any]) -> dict[str, Any]:
+    out = {k: c[k] for k in ("backbone", "image_size", "probe_accuracy", "inner_train_images", "inner_val_images",
+                             "probe_seconds", "steps_timed", "predicted_seconds", "fits", "skipped") if k in c}
+    if "speed" in c:
+        s = c["speed"]
+        out["ms_per_image"] = {"decode": round(s.decode * 1e3, 2), "forward": round(s.forward * 1e3, 2),
+                               "train_step_by_freeze": {str(d): round(v * 1e3, 2) for d, v in s.train_step.items()}}
+    if "schedule" in c:
+        out["schedule"] = c["schedule"].describe(c["num_stages"])
+    out["chosen"] = c is chosen
+    return out
+
+
+def affordable_train_images(seconds: Callable[[int], float], num_train: int, available: float,
+                            minimum: int) -> int:
+    """The most training images (at least ``minimum``, at most ``num_train``) whose run is predicted
+    to fit ``available`` seconds; ``seconds(n)`` grows linearly with ``n``."""
+    base, slope = seconds(0), seconds(1) - seconds(0)
+    affordable = int((available - base) // slope) if slope > 0 else num_train
+    return max(min(affordable, num_train), min(minimum, num_train))
+
+
+def train_subset(scan, inner, num: int, seed: int):
+    """``num`` training images (about: stratified per class, seeded), the probe's first (their pooled
+    features are cached), and all of val: a DataScan like ``scan``."""
+    from ..data import DataScan
+    from ..data.scan import stratified_split
+
+    probed = [*inner.train, *inner.val]
+    if num <= len(probed):
+        kept = stratified_split(probed, scan.classes, num / len(probed), seed + 2, scan.root)[1]
+    else:
+        seen = {s.path for s in probed}
+        rest = [s for s in scan.train if s.path not in seen]
+        kept = probed + stratified_split(rest, scan.classes, (num - len(probed)) / len(rest), seed + 2, scan.root)[1]
+    kept = sorted(kept, key=lambda s: (s.label, str(s.path)))
+    return DataScan(scan.root, scan.layout, scan.classes, kept, list(scan.val), scan.bad, scan.ignored,
+                    list(scan.warnings))
+
+
+def make_plan(cfg: TrainConfig, scan, *, time_limit: float | None, started: float, auto_backbone: bool,
+              fixed: set[str], say: Callable[[str], None] = print, measure: Callable = measure_backbone):
+    """Probe, then choose. Returns ``(run config, plan.json's content, scan to train on)``: the config
+    has ``max_seconds`` under a limit; when even the cheapest plan cannot fit, the scan keeps a
+    stratified subset of the training images that does (listed in ``plan_split.csv``)."""
+    inner = probe_split(scan, cfg.seed, probe_images(time_limit))
+    names = AUTO_BACKBONES if auto_backbone else (cfg.backbone,)
+    rows = probe_backbones(cfg, inner, names, time_limit, say, measure, len(scan.train) + len(scan.val))
+    cost = CostModel({r["backbone"]: r["speed"] for r in rows if "speed" in r})
+    num_train, num_val = len(scan.train), len(scan.val)
+    elapsed = time.monotonic() - started
+    reserve = None if time_limit is None else max(RESERVE_MIN, RESERVE_FRACTION * time_limit)
+    available = None if time_limit is None else time_limit * TARGET_FRACTION - elapsed - reserve
+    schedule_fixed = bool(fixed & set(SCHEDULE_FIELDS)) or time_limit is None
+    by_name = {r["backbone"]: r for r in rows}
+
+    def seconds(name: str, schedule: Schedule, n: int = num_train) -> float:
+        return cost.seconds(name, schedule, n, num_val, decoded=name == cfg.backbone,
+                            pooled_cached=min(by_name[name]["pooled_cached"], n))
+
+    def schedules(name: str) -> Sequence[Schedule]:
+        return [user_schedule(cfg)] if schedule_fixed else schedule_ladder(by_name[name]["num_stages"])
+
+    chosen, reason = choose(rows, schedules, seconds, available)
+    name, schedule = chosen["backbone"], chosen["schedule"]
+    changes = {} if schedule_fixed else schedule_settings(schedule, fixed)
+    run_cfg, run_scan = cfg.replace(backbone=name, **changes), scan
+    if available is not None and not chosen["fits"]:
+        # at least the probe's images (their pooled features are cached: free for a head-only plan)
+        minimum = max(MIN_TRAIN_PER_CLASS * len(scan.classes), by_name[name]["pooled_cached"])
+        num = affordable_train_images(lambda n: seconds(name, schedule, n), num_train, available, minimum)
+        if num < num_train:
+            run_scan = train_subset(scan, inner, num, cfg.seed)
+            run_cfg = run_cfg.replace(split_file=(Path(cfg.out_dir) / SUBSET_NAME).resolve())
+            chosen["predicted_seconds"] = round(seconds(name, schedule, len(run_scan.train)), 1)
+            reason += (f"; the limit affords {len(run_scan.train)} of {num_train} training images (stratified, "
+                       f"seeded; {SUBSET_NAME}), predicted {chosen['predicted_seconds']:.0f}s")
+    if available is not None:
+        epoch = cost.epoch_seconds(name, schedule, len(run_scan.train), num_val)
+        left = time_limit * TARGET_FRACTION - (time.monotonic() - started) - reserve
+        run_cfg = run_cfg.replace(max_seconds=round(max(left - epoch, 1.0), 1))
+    plan = {"time_limit_seconds": time_limit, "seconds_before_plan": round(elapsed, 1),
+            "reserve_seconds": reserve, "available_seconds": None if available is None else round(available, 1),
+            "num_train": len(run_scan.train), "num_val": num_val, "probe_split": "inner split of the training images "
+            f"({len(inner.train)} train / {len(inner.val)} val, seeded, stratified); the val split is not read",
+            "candidates": [candidate_json(c, chosen) for c in rows], "chosen": {
+                "backbone": name, "schedule": schedule.describe(chosen["num_stages"]),
+                "predicted_seconds": chosen["predicted_seconds"], "settings": changes,
+                "max_seconds": run_cfg.max_seconds},
+            "reason": reason}
+    return run_cfg, plan, run_scan
+
+
+def summary_line(plan: dict[str, Any]) -> str:
+    c = plan["chosen"]
+    limit = "" if plan["time_limit_seconds"] is None else f" of {plan['time_limit_seconds']:.0f}s"
+    return (f"plan: {c['backbone']}, {c['schedule']}, predicted {c['predicted_seconds']:.0f}s{limit} "
+            f"({len(plan['candidates'])} candidate(s), plan.json)")
+
+
+def train_planned(cfg: TrainConfig, *, time_limit: float | None, started: float, auto_backbone: bool,
+                  fixed: set[str] = frozenset(), measure: Callable = measure_backbone, train: Callable | None = None):
+    """Scan, probe, plan (``plan.json``), train; then the label-issue check when time is left."""
+    from ..engine.fit import fit, prepare_out_dir
+    from ..engine.label_issues import check_run_label_issues
+    from ..engine.prepare import scan_for
+    from ..fileio import atomic_write_text
+
+    say = (lambda line: None) if cfg.progress == "none" else (lambda line: print(line, flush=True))
+    out_dir = prepare_out_dir(cfg)  # refuse a used folder before spending the budget
+    cfg = cfg.replace(out_dir=out_dir)
+    scan = scan_for(cfg)
+    run_cfg, plan, scan = make_plan(cfg, scan, time_limit=time_limit, started=started, auto_backbone=auto_backbone,
+                                    fixed=set(fixed), say=say, measure=measure)
+    if run_cfg.split_file is not None and run_cfg.split_file != cfg.split_file:
+        from ..data.split_file import write_split_file
+
+        write_split_file(run_cfg.split_file, scan.root, scan.train, scan.val)
+    atomic_write_text(Path(out_dir) / PLAN_NAME, json.dumps(plan, indent=2))
+    print(summary_line(plan), flush=True)
+    run = (train or fit)(run_cfg, scan=scan)
+    left = None if time_limit is None else time_limit - (time.monotonic() - started)
+    if left is None or left > LABEL_ISSUES_SECONDS:
+        line = check_run_label_issues(run.config, run.out_dir)
+    else:
+        line = "label issues: not checked (the time limit is spent); run 'graft check-data DATA --label-issues'"
+    if cfg.progress != "none":
+        print(line, flush=True)
+    return run

@@ -1,0 +1,222 @@
+"""graft train --time-limit / --backbone auto: probes on the inner split, the plan fits the budget,
+plan.json and the report, the flags' errors and aliases."""
+from __future__ import annotations
+
+import json
+import time
+from types import SimpleNamespace
+
+import pytest
+
+from graftkit import TrainConfig
+from graftkit.data import scan_data
+from graftkit.workflows import plan as planner
+from graftkit.workflows.probe import (BackboneSpeed, CostModel, Schedule, estimate_training_seconds,
+                                      probe_split)
+
+from .conftest import graft, write_color_images
+
+
+def _fake_measure(accuracy: dict[str, float], step_seconds: dict[str, float], seen: list, cached: int | None = None):
+    """A stand-in for measure_backbone: accuracy and speed by backbone name; records what it was shown."""
+    def measure(cfg, inner, steps_worth=None):
+        seen.append((cfg.backbone, [s.path for s in inner.train], [s.path for s in inner.val]))
+        step = step_seconds[cfg.backbone]
+        speed = BackboneSpeed(cfg.backbone, 4, decode=0.0, forward=step / 3, prefix={1: step / 4, 2: step / 3},
+                              train_step={1: step, 2: step / 2}, tail_eval={1: step / 3, 2: step / 4})
+        return {"name": cfg.backbone, "image_size": 32, "probe_accuracy": accuracy[cfg.backbone], "speed": speed,
+                "seconds": 0.1, "pooled_cached": len(inner.train) + len(inner.val) if cached is None else cached}
+    return measure
+
+
+def _fake_train(calls: list):
+    def train(cfg, scan=None):
+        calls.append(cfg)
+        return SimpleNamespace(config=cfg, out_dir=cfg.out_dir, metrics={"val_accuracy": 1.0})
+    return train
+
+
+@pytest.fixture
+def two_tiny(monkeypatch):
+    """Two candidate backbones for the planner (both tiny_cnn underneath, as far as fit is concerned)."""
+    monkeypatch.setattr(planner, "AUTO_BACKBONES", ("tiny_cnn", "tiny_b"))
+
+
+@pytest.fixture
+def split_data(tmp_path):
+    root = tmp_path / "data"
+    for i, (name, rgb) in enumerate({"red": (210, 40, 40), "blue": (40, 40, 210)}.items()):
+        write_color_images(root / "train" / name, rgb, 10, seed=i)
+        write_color_images(root / "val" / name, rgb, 4, seed=10 + i)
+    return root
+
+
+def test_backbone_auto_chooses_by_probe_accuracy_on_the_inner_split_and_keeps_the_default_schedule(
+        split_data, tmp_path, two_tiny):
+    seen, calls = [], []
+    cfg = TrainConfig(data_dir=split_data, out_dir=tmp_path / "run", device="cpu", progress="none")
+    planner.train_planned(cfg, time_limit=None, started=time.monotonic(), auto_backbone=True,
+                          measure=_fake_measure({"tiny_cnn": 0.6, "tiny_b": 0.9}, {"tiny_cnn": 1e-3, "tiny_b": 1e-3},
+                                                seen), train=_fake_train(calls))
+    val = {p for p in (split_data / "val").rglob("*.png")}
+    assert [name for name, _, _ in seen] == ["tiny_cnn", "tiny_b"]
+    for _, train_paths, val_paths in seen:  # the probes saw train images only, split again
+        assert not val & set(train_paths) and not val & set(val_paths) and val_paths
+        assert not set(train_paths) & set(val_paths)
+    run_cfg = calls[0]
+    assert run_cfg.backbone == "tiny_b"
+    assert (run_cfg.head_epochs, run_cfg.finetune_epochs, run_cfg.freeze, run_cfg.lr) == (2, 4, 0, 3e-3)  # defaults
+    plan = json.loads((tmp_path / "run" / "plan.json").read_text())
+    assert [c["backbone"] for c in plan["candidates"]] == ["tiny_cnn", "tiny_b"]
+    assert [c["chosen"] for c in plan["candidates"]] == [False, True]
+    assert plan["chosen"]["backbone"] == "tiny_b" and "0.900" in plan["reason"]
+
+
+def test_a_probe_tie_goes_to_the_faster_backbone(split_data, tmp_path, two_tiny):
+    seen, calls = [], []
+    cfg = TrainConfig(data_dir=split_data, out_dir=tmp_path / "run", device="cpu", progress="none")
+    planner.train_planned(cfg, time_limit=None, started=time.monotonic(), auto_backbone=True,
+                          measure=_fake_measure({"tiny_cnn": 0.80, "tiny_b": 0.805}, {"tiny_cnn": 1e-3, "tiny_b": 5e-3},
+                                                seen), train=_fake_train(calls))
+    assert calls[0].backbone == "tiny_cnn"
+    assert "fastest wins" in json.loads((tmp_path / "run" / "plan.json").read_text())["reason"]
+
+
+def _plan(split_data, tmp_path, limit: float, seen: list):
+    cfg = TrainConfig(data_dir=split_data, out_dir=tmp_path / f"run{limit:g}", device="cpu", progress="none")
+    scan = scan_data(split_data, 0.2, 0)
+    return planner.make_plan(cfg, scan, time_limit=limit, started=time.monotonic(), auto_backbone=True, fixed=set(),
+                             say=lambda line: None,
+                             measure=_fake_measure({"tiny_cnn": 0.7, "tiny_b": 0.9}, {"tiny_cnn": 0.5, "tiny_b": 2.0},
+                                                   seen))
+
+
+def test_the_plan_fits_the_budget_a_tiny_budget_gets_a_cheaper_plan(split_data, tmp_path, two_tiny):
+    small_cfg, small, small_scan = _plan(split_data, tmp_path, 60.0, [])
+    large_cfg, large, _ = _plan(split_data, tmp_path, 3600.0, [])
+    # large: the better probe and the richest schedule; small: what fits 60 s
+    assert large_cfg.backbone == "tiny_b" and (large_cfg.finetune_epochs, large_cfg.freeze) == (8, 1)
+    assert large_cfg.finetune_lr == planner.PLANNED_SETTINGS["finetune_lr"]
+    assert small["chosen"]["predicted_seconds"] <= small["available_seconds"] < large["chosen"]["predicted_seconds"]
+    assert small_cfg.total_epochs < large_cfg.total_epochs or small_cfg.backbone != large_cfg.backbone
+    assert small_cfg.max_seconds < small["available_seconds"] and large_cfg.max_seconds > small_cfg.max_seconds
+    assert all("predicted_seconds" in c and "ms_per_image" in c for c in small["candidates"])
+    assert len(small_scan.train) == 20 and small_cfg.split_file is None  # it fits: all training images
+
+
+def test_when_nothing_fits_a_stratified_subset_of_train_does_and_val_stays_whole(split_data, tmp_path):
+    cfg = TrainConfig(data_dir=split_data, out_dir=tmp_path / "run", device="cpu", progress="none", backbone="tiny_cnn")
+    scan = scan_data(split_data, 0.2, 0)
+    run_cfg, plan, run_scan = planner.make_plan(
+        cfg, scan, time_limit=60.0, started=time.monotonic(), auto_backbone=False, fixed=set(), say=lambda line: None,
+        measure=_fake_measure({"tiny_cnn": 0.7}, {"tiny_cnn": 4.5}, [], cached=0))  # 1.5 s a forward pass
+    assert 10 <= len(run_scan.train) < len(scan.train) and run_scan.val == scan.val
+    assert sorted({s.label for s in run_scan.train}) == [0, 1]
+    assert run_cfg.split_file == (tmp_path / "run" / planner.SUBSET_NAME).resolve()
+    assert plan["num_train"] == len(run_scan.train) and "training images" in plan["reason"]
+    assert plan["chosen"]["predicted_seconds"] <= plan["available_seconds"]
+
+
+def test_flags_given_with_a_time_limit_stay(split_data, tmp_path, two_tiny):
+    cfg = TrainConfig(data_dir=split_data, out_dir=tmp_path / "run", device="cpu", progress="none",
+                      backbone="tiny_cnn", finetune_epochs=3, freeze=2)
+    run_cfg, plan, _ = planner.make_plan(cfg, scan_data(split_data, 0.2, 0), time_limit=3600.0, started=time.monotonic(),
+                                      auto_backbone=False, fixed={"finetune_epochs", "freeze"}, say=lambda line: None,
+                                      measure=_fake_measure({"tiny_cnn": 0.7}, {"tiny_cnn": 0.01}, []))
+    assert (run_cfg.finetune_epochs, run_cfg.freeze, run_cfg.backbone) == (3, 2, "tiny_cnn")
+    assert [c["backbone"] for c in plan["candidates"]] == ["tiny_cnn"] and run_cfg.max_seconds is not None
+
+
+def test_probes_that_the_budget_cannot_afford_are_skipped_and_said(split_data, monkeypatch):
+    monkeypatch.setattr(planner, "AUTO_BACKBONES", ("tiny_cnn", "tiny_b"))
+    cfg = TrainConfig(data_dir=split_data, device="cpu", progress="none")
+
+    def slow(cfg, inner, steps_worth=None):
+        row = _fake_measure({cfg.backbone: 0.5}, {cfg.backbone: 0.01}, [])(cfg, inner)
+        return {**row, "seconds": 30.0}
+
+    inner = probe_split(scan_data(split_data, 0.2, 0), 0)
+    rows = planner.probe_backbones(cfg, inner, ("tiny_cnn", "tiny_b"), 100.0, lambda line: None, slow)
+    assert rows[0]["probe_accuracy"] == 0.5 and rows[1]["probe_accuracy"] is None and "20%" in rows[1]["skipped"]
+
+
+def test_probe_split_subsamples_large_data_stratified(tmp_path):
+    root = tmp_path / "big"
+    write_color_images(root / "a", (200, 0, 0), 60, size=8)
+    write_color_images(root / "b", (0, 0, 200), 20, size=8)
+    scan = scan_data(root, 0.2, 0)
+    inner = probe_split(scan, 0, max_images=40)
+    assert len(inner.train) + len(inner.val) == 40
+    assert {s.path for s in [*inner.train, *inner.val]} <= {s.path for s in scan.train}
+    assert sum(s.label == 0 for s in [*inner.train, *inner.val]) == 30  # the class shares stay
+
+
+def test_cost_model_and_the_estimate_for_the_sweep():
+    speed = BackboneSpeed("tiny_cnn", 4, decode=0.01, forward=0.02, prefix={1: 0.005}, train_step={1: 0.1},
+                          tail_eval={1: 0.03})
+    cost = CostModel({"tiny_cnn": speed}, fixed=0.0, head_epoch_per_image=0.0)
+    schedule = Schedule("fine-tune", 2, 3, 1)
+    expected = 120 * 0.01 + 120 * 0.02 + 120 * 0.005 + 3 * (100 * 0.1 + 20 * 0.03) + 100 * 0.02 + 20 * 0.02
+    assert cost.seconds("tiny_cnn", schedule, 100, 20) == pytest.approx(expected)
+    cfg = TrainConfig(data_dir="x", backbone="tiny_cnn", head_epochs=2, finetune_epochs=3, freeze=1)
+    assert estimate_training_seconds(cost, cfg, 100, 20) == pytest.approx(expected)
+    assert cost.seconds("tiny_cnn", Schedule("feature-extraction", 10), 100, 20) < expected
+
+
+def test_graft_train_time_limit_writes_plan_json_and_the_report_shows_it(split_data, tmp_path):
+    out = tmp_path / "run"
+    result = graft("train", str(split_data), "--time-limit", "10m", "--backbone", "tiny_cnn", "--device", "cpu",
+                   "--batch-size", "8", "--out", str(out), "--plain")
+    assert result.returncode == 0, result.stderr
+    assert "plan: tiny_cnn, fine-tune 2 head + 8 epochs" in result.stdout
+    plan = json.loads((out / "plan.json").read_text())
+    assert plan["time_limit_seconds"] == 600 and plan["chosen"]["backbone"] == "tiny_cnn"
+    assert plan["candidates"][0]["chosen"] and plan["candidates"][0]["probe_accuracy"] is not None
+    config = json.loads((out / "config.json").read_text())
+    assert config["finetune_epochs"] == 8 and config["freeze"] == 1 and 0 < config["max_seconds"] < 600
+    assert graft("report", str(out), "--gradcam", "0").returncode == 0
+    html = (out / "report.html").read_text()
+    assert "Plan: backbone and schedule chosen by measurement" in html and "probe accuracy" in html
+
+
+@pytest.mark.parametrize("value", ["ten minutes", "0s", "5x"])
+def test_time_limit_parse_errors_are_one_line_exit_2(split_data, value):
+    result = graft("train", str(split_data), "--time-limit", value, "--backbone", "tiny_cnn")
+    assert result.returncode == 2
+    assert result.stderr.strip().count("\n") == 0 and "--time-limit" in result.stderr
+
+
+def test_time_limit_refuses_max_seconds_and_other_workflows(split_data):
+    both = graft("train", str(split_data), "--time-limit", "1m", "--max-seconds", "30")
+    assert both.returncode == 2 and "--max-seconds" in both.stderr
+    auto_freeze = graft("train", str(split_data), "--time-limit", "1m", "--freeze", "auto")
+    assert auto_freeze.returncode == 2 and "one run in one process" in auto_freeze.stderr
+
+
+def test_compare_time_limit_is_budget_minutes(split_data, tmp_path):
+    both = graft("compare", str(split_data), "--out", str(tmp_path / "c0"), "--time-limit", "1m",
+                 "--budget-minutes", "1")
+    assert both.returncode == 2 and "older spelling" in both.stderr
+    bad = graft("compare", str(split_data), "--out", str(tmp_path / "c1"), "--time-limit", "soon")
+    assert bad.returncode == 2 and "--time-limit" in bad.stderr
+    result = graft("compare", str(split_data), "--out", str(tmp_path / "c"), "--strategies", "feature-extraction",
+                   "--seeds", "1", "--budget-epochs", "3", "--time-limit", "0.001s", "--backbone", "tiny_cnn",
+                   "--image-size", "32", "--batch-size", "8", "--device", "cpu", "--no-isolate", "--no-report",
+                   "--quiet")
+    assert result.returncode == 0, result.stderr
+    metrics = json.loads((tmp_path / "c" / "feature-extraction" / "seed0" / "metrics.json").read_text())
+    assert metrics["stopped_early"]["reason"] == "max_seconds" and metrics["stopped_early"]["after_epoch"] == 1
+
+
+def test_measure_backbone_on_the_tiny_backbone_times_steps_only_when_worth_it(split_data):
+    from graftkit.workflows.probe import measure_backbone
+
+    cfg = TrainConfig(data_dir=split_data, backbone="tiny_cnn", device="cpu", progress="none")
+    inner = probe_split(scan_data(split_data, 0.2, 0), 0)
+    timed = measure_backbone(cfg, inner)
+    estimated = measure_backbone(cfg, inner, steps_worth=lambda forward: False)
+    assert timed["steps_timed"] and not estimated["steps_timed"]
+    assert 0 <= timed["probe_accuracy"] <= 1 and timed["pooled_cached"] == 20
+    speed = estimated["speed"]
+    assert set(speed.train_step) == {1, 2} and speed.train_step[1] == pytest.approx(3 * speed.forward * 3 / 4)
+    assert set(timed["speed"].train_step) == {1, 2} and all(v > 0 for v in timed["speed"].train_step.values())
