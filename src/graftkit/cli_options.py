@@ -43,6 +43,10 @@ Device = Annotated[str, typer.Option(help="auto | cpu | cuda.")]
 Precision = Annotated[str, typer.Option(help="auto | fp32 | bf16 (autocast).")]
 Cache = Annotated[bool, typer.Option(help="--no-cache: decode and recompute everything in this run only.")]
 CacheDir = Annotated[Optional[Path], typer.Option(help="Cache folder.")]
+Ema = Annotated[bool, typer.Option(
+    help="Fine-tuning: keep an exponential moving average of the weights, validate it each epoch and keep "
+         "the best epoch's average (docs/tta-ema.md).")]
+EmaDecay = Annotated[float, typer.Option(help="--ema: decay per step (reached after a warm-up).")]
 Quiet = Annotated[bool, typer.Option("--quiet", "-q", help="Print only the result.")]
 Plain = Annotated[bool, typer.Option(help="One line per epoch, no progress bar.")]
 
@@ -54,8 +58,8 @@ PANELS = {
     "Data": ("val_fraction", "seed", "split_seed", "skip_bad_images"),
     "Model": ("strategy", "backbone", "pretrained", "weights", "image_size", "freeze", "dropout", "train_bn"),
     "Schedule": ("epochs", "head_epochs", "finetune_epochs", "lr", "finetune_lr", "stage_lr_decay", "weight_decay",
-                 "label_smoothing", "lr_find", "max_seconds", "budget_epochs", "budget_minutes", "seeds",
-                 "strategies"),
+                 "label_smoothing", "ema", "ema_decay", "lr_find", "max_seconds", "budget_epochs", "budget_minutes",
+                 "seeds", "strategies"),
     "Augmentation": ("augment", "mixup", "cutmix", "cache_views"),
     "Scarce labels": ("unlabeled", "pseudo_label", "rounds", "threshold", "class_quantile", "max_ratio",
                       "max_per_class"),
