@@ -327,12 +327,14 @@ def predict(model: Annotated[Path, typer.Argument(help="Run folder (or its model
                                        "streamed array) | jsonl (JSON Lines)."),
             reject_unknown: bool = typer.Option(False, "--reject-unknown", help="Answer 'unknown' for images "
                                                 "unlike the training images (threshold set at training time)."),
+            tta: opt.Tta = False,
+            tta_crops: opt.TtaCrops = 1,
             device: opt.Device = "auto") -> None:
     """Predict the class of images with a run folder, or with an .onnx file from 'graft export'
     (then on onnxruntime, without torch). Rows are written as they are produced."""
     from .cli_predict import predict_command
 
-    predict_command(model, paths, top_k, format, reject_unknown, device)
+    predict_command(model, paths, top_k, format, reject_unknown, device, tta, tta_crops)
 
 
 @app.command()
@@ -345,13 +347,16 @@ def evaluate(model: Annotated[Path, typer.Argument(help="Run folder (or its mode
              skip_bad_images: bool = typer.Option(False, help="Score the readable images, skip the rest."),
              ood: Optional[Path] = typer.Option(None, "--ood", help="Folder of images of other kinds: report how "
                                                 "well the unknown detector rejects them (AUROC, FPR at 95% TPR)."),
+             tta: opt.Tta = False,
+             tta_crops: opt.TtaCrops = 1,
              device: opt.Device = "auto") -> None:
     """Accuracy, per-class precision/recall/F1, confusion matrix and calibration on labelled data."""
     from .cli_serve import print_calibration, print_unknown
     from .predict import ImageClassifier
 
     result = ImageClassifier.from_run(model, device=device).evaluate(
-        data_dir, split, skip_bad_images, ood_dir=ood, on_skip=lambda p, r: typer.echo(f"skipped: {p}: {r}", err=True))
+        data_dir, split, skip_bad_images, ood_dir=ood, on_skip=lambda p, r: typer.echo(f"skipped: {p}: {r}", err=True),
+        tta=tta, tta_crops=tta_crops)
     if as_json:
         typer.echo(json.dumps(result, indent=2))
         return
@@ -360,7 +365,8 @@ def evaluate(model: Annotated[Path, typer.Argument(help="Run folder (or its mode
 
     console = Console()
     typer.echo(f"accuracy {result['accuracy']:.4f} on {result['num_images']} images ({result['scored']}), "
-               f"loss {result['loss']:.4f} (before calibration, as training's val_loss)")  # one line: it names the folder
+               f"loss {result['loss']:.4f} (before calibration, as training's val_loss)"  # one line: it names the folder
+               + (f", test-time augmentation: {result['tta']}" if result["tta"] else ""))
     table = Table("class", "precision", "recall", "f1", "support")
     for cls, m in result["per_class"].items():
         table.add_row(cls, f"{m['precision']:.3f}", f"{m['recall']:.3f}", f"{m['f1']:.3f}", str(m["support"]))

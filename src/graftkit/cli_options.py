@@ -47,6 +47,11 @@ Ema = Annotated[bool, typer.Option(
     help="Fine-tuning: keep an exponential moving average of the weights, validate it each epoch and keep "
          "the best epoch's average (docs/tta-ema.md).")]
 EmaDecay = Annotated[float, typer.Option(help="--ema: decay per step (reached after a warm-up).")]
+Tta = Annotated[bool, typer.Option(
+    "--tta", help="Test-time augmentation: average the calibrated probabilities of the centre crop and its "
+                  "mirror image (docs/tta-ema.md).")]
+TtaCrops = Annotated[int, typer.Option(help="--tta: 5 also averages the four corner crops and their mirror "
+                                            "images (10 views, 5x the time of 2).")]
 Quiet = Annotated[bool, typer.Option("--quiet", "-q", help="Print only the result.")]
 Plain = Annotated[bool, typer.Option(help="One line per epoch, no progress bar.")]
 
