@@ -436,7 +436,8 @@ def _train_epoch(cfg: TrainConfig, model: Classifier, net: nn.Module, phase: Pha
                  mix=None, average: WeightAverage | None = None) -> dict[str, Any]:
     """One epoch: learning rates from the phase's schedule, training (``trained``: ``net``, or ``net``
     in DistributedDataParallel), then validation of ``net`` on this rank's share, gathered. With an
-    ``average`` of the weights (``--ema``), it is updated every step and it is what validation scores."""
+    ``average`` of the weights (``--ema``), it is updated every step and ``val_*`` score it (``raw_val_*``:
+    the model's own weights, for comparison; training never sees either)."""
     multipliers = phase.lr_multipliers(model.backbone.num_stages)
     steps = len(train_batches)
 
@@ -456,14 +457,18 @@ def _train_epoch(cfg: TrainConfig, model: Classifier, net: nn.Module, phase: Pha
                                       cfg.channels_last, on_step=report.step, autocast=autocast, mix=mix,
                                       accumulate=cfg.accumulate, sum_over_ranks=world.sum,
                                       stop_on_nan=world.size == 1, average=average)
-        with _evaluated_weights(average):
-            val_stats = evaluate(net, val_batches, device, cfg.channels_last, autocast=autocast, gather=world.gather)
+        val_stats = raw = evaluate(net, val_batches, device, cfg.channels_last, autocast=autocast, gather=world.gather)
+        if average is not None:  # --ema: the average is what is validated and kept; its raw weights shown beside
+            with average.swapped_in():
+                val_stats = evaluate(net, val_batches, device, cfg.channels_last, autocast=autocast,
+                                     gather=world.gather)
     return {"phase": phase.name, "epoch": epoch + 1, "phase_epoch": phase_epoch + 1,
             "train_loss": train_stats["train_loss"], "train_accuracy": train_stats["train_accuracy"],
             "val_loss": val_stats["val_loss"], "val_accuracy": val_stats["val_accuracy"], "lr": phase.lr,
             "train_images": train_stats["images"],
             "seconds": time.perf_counter() - started, "train_images_per_second": train_stats["images_per_second"],
-            **({"weights": "ema"} if average is not None else {})}  # which weights val_* scored
+            **({"weights": "ema", "raw_val_loss": raw["val_loss"], "raw_val_accuracy": raw["val_accuracy"]}
+               if average is not None else {})}
 
 
 def _phase_summaries(phases: list[Phase], history: list[dict], phase_seconds: dict[str, float]) -> list[dict]:
