@@ -13,6 +13,7 @@ from graftkit import TrainConfig, fit
 from graftkit.errors import CheckpointError, ConfigError
 
 from .conftest import TINY, graft, tiny_flags
+from .test_reliability import _crash_at
 
 fit_module = importlib.import_module("graftkit.engine.fit")
 
@@ -177,17 +178,6 @@ def test_ema_changes_what_is_validated_and_kept_never_the_training(split_folder,
     own = [(r.get("raw_val_loss", r["val_loss"]), r["train_loss"]) for r in averaged.history]
     assert own == [(r["val_loss"], r["train_loss"]) for r in plain.history]
     assert [r["val_loss"] for r in averaged.history][1:] != [r["val_loss"] for r in plain.history][1:]
-
-
-def _crash_at(monkeypatch, crash_epoch: int) -> None:
-    real = fit_module._train_epoch
-
-    def train_epoch(*args, **kwargs):
-        if args[5] == crash_epoch:  # the global epoch index
-            raise KeyboardInterrupt
-        return real(*args, **kwargs)
-
-    monkeypatch.setattr(fit_module, "_train_epoch", train_epoch)
 
 
 def test_ema_run_resumed_mid_fine_tune_matches_an_uninterrupted_one(split_folder, tmp_path, monkeypatch):
