@@ -14,11 +14,11 @@ from torch.utils.data import DataLoader, Dataset
 from .calibration import ece, mean_softmax, nll
 from .config import DEVICES
 from .data import build_eval_transform, decode_square, scan_data
-from .data.transforms import build_tta_transform
 from .data.decoded import image_square
 from .data.images import read_image_file
 from .data.model_input import Prediction, check_tta, describe_tta, expand_image_paths, to_predictions
 from .data.scan import DECODE_ERRORS, describe_image_error
+from .data.transforms import build_tta_transform
 from .engine.checkpoint import load_model, resolve_model_path
 from .engine.features import capture_pooled
 from .engine.fusion import fold_frozen_batchnorm
@@ -133,9 +133,14 @@ class ImageClassifier:
         pre = self.meta["preprocessing"]
         return build_tta_transform(self.image_size, pre["mean"], pre["std"], tta_crops)
 
+    def _batch_size(self, transform) -> int:
+        """Images per forward pass: the device's evaluation batch, in views (``--tta``: 2 or 10 per image)."""
+        return max(1, eval_batch_size(self.device) // getattr(transform, "views", 1))
+
     def _loader(self, paths: Sequence[Path], transform=None) -> DataLoader:
-        return DataLoader(_Files(paths, transform or self.transform, int(self.meta["preprocessing"]["resize"])),
-                          batch_size=eval_batch_size(self.device))
+        transform = transform or self.transform
+        return DataLoader(_Files(paths, transform, int(self.meta["preprocessing"]["resize"])),
+                          batch_size=self._batch_size(transform))
 
     def _outputs(self, batches) -> tuple[np.ndarray, np.ndarray]:
         """``(N, C)`` logits (uncalibrated) and ``(N, num_features)`` pooled features over ``batches``.
@@ -180,7 +185,7 @@ class ImageClassifier:
         """Logits and pooled features for decoded ``(S, S, 3)`` uint8 squares, in order."""
         transform = transform or self.transform
         tensors = torch.stack([transform(torch.from_numpy(q).permute(2, 0, 1)) for q in squares])
-        size = eval_batch_size(self.device)
+        size = self._batch_size(transform)
         return self._outputs([(tensors[i:i + size], torch.zeros(0)) for i in range(0, len(tensors), size)])
 
     def outputs_for_squares(self, squares: Sequence[np.ndarray], tta: bool = False,

@@ -55,6 +55,7 @@ def build_tta_transform(image_size: int, mean: Sequence[float], std: Sequence[fl
         normalised = [to_float(c) for c in cut]
         return torch.stack([v for x in normalised for v in (x, x.flip(-1))])
 
+    views.views = 2 * crops  # per image: what a forward pass's batch is counted in
     return views
 
 
