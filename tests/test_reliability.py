@@ -170,10 +170,11 @@ def _crash_at(monkeypatch, crash_epoch: int) -> None:
     monkeypatch.setattr(fit_module, "_train_epoch", train_epoch)
 
 
-@pytest.mark.parametrize("crash_epoch", [1, 2, 3])  # mid head phase, at the phase change, mid fine-tune
+# mid head phase, at the phase change, mid fine-tune (also with --ema: its average is in the checkpoint)
+@pytest.mark.parametrize("crash_epoch, ema", [(1, False), (2, False), (3, False), (3, True)])
 def test_resume_after_interruption_matches_an_uninterrupted_run(split_folder, tmp_path, monkeypatch,
-                                                                crash_epoch):
-    options = dict(data_dir=split_folder, strategy="fine-tune", checkpoint_every=0, precision="fp32",
+                                                                crash_epoch, ema):
+    options = dict(data_dir=split_folder, strategy="fine-tune", checkpoint_every=0, precision="fp32", ema=ema,
                    **{**TINY, "epochs": None, "head_epochs": 2, "finetune_epochs": 2})
     whole = fit(TrainConfig(out_dir=tmp_path / "whole", **options))
     with monkeypatch.context() as patch:

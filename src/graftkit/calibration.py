@@ -23,6 +23,16 @@ def softmax(logits: np.ndarray, temperature: float = 1.0) -> np.ndarray:
     return e / e.sum(axis=1, keepdims=True)
 
 
+def mean_softmax(logits: np.ndarray, temperature: float = 1.0) -> np.ndarray:
+    """``(N, C)`` logits, or ``(N, V, C)``: ``V`` views of each image (test-time augmentation) →
+    ``(N, C)`` probabilities: ``softmax(logits / temperature)``, averaged over the views."""
+    z = np.asarray(logits, dtype=np.float64)
+    if z.ndim == 2:
+        return softmax(z, temperature)
+    n, v, c = z.shape
+    return softmax(z.reshape(n * v, c), temperature).reshape(n, v, c).mean(axis=1)
+
+
 def nll(logits: np.ndarray, labels: np.ndarray, temperature: float = 1.0) -> float:
     """Mean negative log-likelihood (natural log) of ``labels`` under ``softmax(logits / T)``."""
     z = np.asarray(logits, dtype=np.float64) / float(temperature)

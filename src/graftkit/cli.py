@@ -168,6 +168,8 @@ def train(
     weight_decay: float = typer.Option(_D["weight_decay"]),
     label_smoothing: float = typer.Option(_D["label_smoothing"]),
     dropout: float = typer.Option(_D["dropout"], help="Dropout before the new head."),
+    ema: opt.Ema = _D["ema"],
+    ema_decay: opt.EmaDecay = _D["ema_decay"],
     train_bn: bool = typer.Option(_D["train_bn"], help="Let unfrozen BatchNorm use batch statistics."),
     fold_bn: bool = typer.Option(_D["fold_bn"], help="Fold frozen BatchNorm into convs (faster, same result)."),
     batch_size: opt.BatchSize = None,
@@ -253,7 +255,8 @@ def train(
                       weights=weights, image_size=image_size, epochs=epochs, head_epochs=head_epochs,
                       finetune_epochs=finetune_epochs, freeze=freeze_depth, freeze_auto=freeze_auto, lr=lr, finetune_lr=finetune_lr,
                       stage_lr_decay=stage_lr_decay, weight_decay=weight_decay,
-                      label_smoothing=label_smoothing, dropout=dropout, train_bn=train_bn, fold_bn=fold_bn,
+                      label_smoothing=label_smoothing, dropout=dropout, ema=ema, ema_decay=ema_decay,
+                      train_bn=train_bn, fold_bn=fold_bn,
                       batch_size=batch_size, augment=augment, val_fraction=val_fraction, seed=seed,
                       split_seed=split_seed, skip_bad_images=skip_bad_images, device=device, num_workers=num_workers,
                       precision=precision, compile=compile, cache=cache, cache_dir=cache_dir,
@@ -358,12 +361,14 @@ def predict(model: Annotated[Path, typer.Argument(help="Run folder (or its model
                                        "streamed array) | jsonl (JSON Lines)."),
             reject_unknown: bool = typer.Option(False, "--reject-unknown", help="Answer 'unknown' for images "
                                                 "unlike the training images (threshold set at training time)."),
+            tta: opt.Tta = False,
+            tta_crops: opt.TtaCrops = 1,
             device: opt.Device = "auto") -> None:
     """Predict the class of images with a run folder, or with an .onnx file from 'graft export'
     (then on onnxruntime, without torch). Rows are written as they are produced."""
     from .cli_predict import predict_command
 
-    predict_command(model, paths, top_k, format, reject_unknown, device)
+    predict_command(model, paths, top_k, format, reject_unknown, device, tta, tta_crops)
 
 
 @app.command()
@@ -376,13 +381,16 @@ def evaluate(model: Annotated[Path, typer.Argument(help="Run folder (or its mode
              skip_bad_images: bool = typer.Option(False, help="Score the readable images, skip the rest."),
              ood: Optional[Path] = typer.Option(None, "--ood", help="Folder of images of other kinds: report how "
                                                 "well the unknown detector rejects them (AUROC, FPR at 95% TPR)."),
+             tta: opt.Tta = False,
+             tta_crops: opt.TtaCrops = 1,
              device: opt.Device = "auto") -> None:
     """Accuracy, per-class precision/recall/F1, confusion matrix and calibration on labelled data."""
     from .cli_serve import print_calibration, print_unknown
     from .predict import ImageClassifier
 
     result = ImageClassifier.from_run(model, device=device).evaluate(
-        data_dir, split, skip_bad_images, ood_dir=ood, on_skip=lambda p, r: typer.echo(f"skipped: {p}: {r}", err=True))
+        data_dir, split, skip_bad_images, ood_dir=ood, on_skip=lambda p, r: typer.echo(f"skipped: {p}: {r}", err=True),
+        tta=tta, tta_crops=tta_crops)
     if as_json:
         typer.echo(json.dumps(result, indent=2))
         return
@@ -391,7 +399,8 @@ def evaluate(model: Annotated[Path, typer.Argument(help="Run folder (or its mode
 
     console = Console()
     typer.echo(f"accuracy {result['accuracy']:.4f} on {result['num_images']} images ({result['scored']}), "
-               f"loss {result['loss']:.4f} (before calibration, as training's val_loss)")  # one line: it names the folder
+               f"loss {result['loss']:.4f} (before calibration, as training's val_loss)"  # one line: it names the folder
+               + (f", test-time augmentation: {result['tta']}" if result["tta"] else ""))
     table = Table("class", "precision", "recall", "f1", "support")
     for cls, m in result["per_class"].items():
         table.add_row(cls, f"{m['precision']:.3f}", f"{m['recall']:.3f}", f"{m['f1']:.3f}", str(m["support"]))

@@ -48,6 +48,15 @@ TimeLimit = Annotated[Optional[str], typer.Option(
     "--time-limit", help="Wall-clock limit: 90s, 10m, 1h, 1h30m. train: of the whole command; the backbones are "
                          "probed and backbone, freeze depth and epochs planned to fit (plan.json, "
                          "docs/time-limit.md). compare: per run, checked between epochs.")]
+Ema = Annotated[bool, typer.Option(
+    help="Fine-tuning: keep an exponential moving average of the weights, validate it each epoch and keep "
+         "the best epoch's average (docs/tta-ema.md).")]
+EmaDecay = Annotated[float, typer.Option(help="--ema: decay per step (reached after a warm-up).")]
+Tta = Annotated[bool, typer.Option(
+    "--tta", help="Test-time augmentation: average the calibrated probabilities of the centre crop and its "
+                  "mirror image (docs/tta-ema.md).")]
+TtaCrops = Annotated[int, typer.Option(help="--tta: 5 also averages the four corner crops and their mirror "
+                                            "images (10 views, 5x the time of 2).")]
 Quiet = Annotated[bool, typer.Option("--quiet", "-q", help="Print only the result.")]
 Plain = Annotated[bool, typer.Option(help="One line per epoch, no progress bar.")]
 
@@ -59,8 +68,8 @@ PANELS = {
     "Data": ("val_fraction", "seed", "split_seed", "skip_bad_images"),
     "Model": ("strategy", "backbone", "pretrained", "weights", "image_size", "freeze", "dropout", "train_bn"),
     "Schedule": ("epochs", "head_epochs", "finetune_epochs", "lr", "finetune_lr", "stage_lr_decay", "weight_decay",
-                 "label_smoothing", "lr_find", "time_limit", "max_seconds", "budget_epochs", "budget_minutes", "seeds",
-                 "strategies"),
+                 "label_smoothing", "ema", "ema_decay", "lr_find", "time_limit", "max_seconds", "budget_epochs",
+                 "budget_minutes", "seeds", "strategies"),
     "Augmentation": ("augment", "mixup", "cutmix", "cache_views"),
     "Scarce labels": ("unlabeled", "pseudo_label", "rounds", "threshold", "class_quantile", "max_ratio",
                       "max_per_class"),

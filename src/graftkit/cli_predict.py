@@ -119,9 +119,14 @@ def stderr_progress(description: str) -> Iterator[Callable[[int, int], None] | N
 
 
 def predict_command(model: Path, paths: list[Path], top_k: int, fmt: str, reject_unknown: bool = False,
-                    device: str = "cpu") -> None:
+                    device: str = "cpu", tta: bool = False, tta_crops: int = 1) -> None:
+    from .data.model_input import check_tta, describe_tta
+
+    check_tta(tta, tta_crops)
     writer = RowWriter(sys.stdout, fmt, top_k, paths)
     predictor = load_predictor(model, device)
+    if tta:  # on stderr: the rows on stdout keep their format
+        typer.echo(f"test-time augmentation: {describe_tta(tta_crops)} per image, probabilities averaged", err=True)
     skipped: list[Path] = []
 
     def on_skip(path: Path, reason: str) -> None:
@@ -130,6 +135,6 @@ def predict_command(model: Path, paths: list[Path], top_k: int, fmt: str, reject
 
     with stderr_progress("predicting") as on_progress:  # a bar on a terminal's stderr only
         write_predictions(predictor.iter_predict(paths, top_k=top_k, on_skip=on_skip, on_progress=on_progress,
-                                                 reject_unknown=reject_unknown), writer)
+                                                 reject_unknown=reject_unknown, tta=tta, tta_crops=tta_crops), writer)
     if skipped:
         typer.echo(f"{len(skipped)} file(s) skipped (listed above); {writer.count} predicted.", err=True)

@@ -68,6 +68,8 @@ class TrainConfig:
     warmup_fraction: float = 0.1   # of each phase's steps, then cosine to zero
     label_smoothing: float = 0.1
     dropout: float = 0.2
+    ema: bool = False              # validate and keep an exponential moving average of the weights (engine.ema)
+    ema_decay: float = 0.99        # --ema: the average's decay per step, reached after timm's warm-up
     train_bn: bool = False         # BatchNorm of unfrozen pretrained stages: batch stats (True) or kept
     batch_size: int | None = None  # None: 32 on a CPU (measured fastest with a bounded heap), 64 on CUDA
     accumulate: int = 1            # each batch in this many parts, one optimizer step per batch
@@ -155,6 +157,8 @@ class TrainConfig:
         for name in ("label_smoothing", "dropout", "warmup_fraction"):
             if not 0 <= getattr(self, name) < 1:
                 raise ConfigError(f"{name} must be in [0, 1), got {getattr(self, name)}")
+        if not 0 < self.ema_decay < 1:
+            raise ConfigError(f"--ema-decay must be between 0 and 1 (e.g. 0.99), got {self.ema_decay}")
         if not 0 < self.stage_lr_decay <= 1:
             raise ConfigError(f"stage_lr_decay must be in (0, 1], got {self.stage_lr_decay}")
         if self.strategy == "scratch" and self.weights is not None:
@@ -295,6 +299,10 @@ def unused_options(cfg: TrainConfig, given: set[str]) -> list[str]:
         if cfg.cache_views == 1 and cfg.augment != "none":
             reasons["augment"] = (f"{why} of the clean crop (--cache-views 1); pass --cache-views 4 for "
                                   f"4 augmented views per image, or --no-cache")
+    if cfg.ema and (cfg.strategy == "feature-extraction" or (cfg.strategy == "fine-tune" and not cfg.finetune_epochs)):
+        reasons["ema"] = "averages the weights of phases that train the backbone, and this run trains only the head"
+    if not cfg.ema:
+        reasons["ema_decay"] = "applies with --ema only"
     return [f"{_flag(name)} {reasons[name]}" for name in sorted(given) if name in reasons]
 
 

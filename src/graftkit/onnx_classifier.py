@@ -16,7 +16,7 @@ from typing import Iterator, Sequence
 import numpy as np
 
 from .calibration import softmax
-from .data.model_input import Prediction, iter_predictions, normalize_squares
+from .data.model_input import Prediction, check_tta, iter_predictions, normalize_squares
 from .errors import CheckpointError, ConfigError
 from .runfiles_schema import check_export_meta
 
@@ -121,15 +121,28 @@ class OnnxClassifier:
         """``(N, K)`` probabilities (softmax of the logits over the calibration temperature)."""
         return softmax(self.logits_squares(squares), self.temperature)
 
+    def proba_squares_flip(self, squares: np.ndarray) -> np.ndarray:
+        """``(N, K)`` probabilities averaged over the centre crop and its mirror image (``--tta``)."""
+        inputs = normalize_squares(squares, self.preprocessing)
+        mirrored = np.ascontiguousarray(inputs[..., ::-1])
+        return (softmax(self.forward(inputs)["logits"], self.temperature) +
+                softmax(self.forward(mirrored)["logits"], self.temperature)) / 2
+
     def iter_predict(self, paths: Sequence[str | Path] | str | Path, top_k: int = 1, on_skip=None,
-                     on_progress=None, reject_unknown: bool = False) -> Iterator[Prediction]:
-        """Top-k classes for every image under ``paths``, a chunk at a time (as ``ImageClassifier``)."""
+                     on_progress=None, reject_unknown: bool = False, tta: bool = False,
+                     tta_crops: int = 1) -> Iterator[Prediction]:
+        """Top-k classes for every image under ``paths``, a chunk at a time (as ``ImageClassifier``);
+        ``tta``: centre crop + mirror image (the ONNX model takes the centre crop only: no ``tta_crops``)."""
         if reject_unknown:
             raise ConfigError(f"'{self.path}' carries no unknown detector (the training features stay in the run "
                               f"folder): predict --reject-unknown with the run folder instead.")
-        return iter_predictions(paths, int(self.preprocessing["resize"]), self.classes, self.proba_squares,
-                                top_k, on_skip, on_progress)
+        check_tta(tta, tta_crops)
+        if tta_crops != 1:
+            raise ConfigError(f"--tta-crops {tta_crops} needs the run folder ('{self.path}' predicts the centre "
+                              f"crop only): predict with the run folder, or use --tta alone (centre + flip).")
+        return iter_predictions(paths, int(self.preprocessing["resize"]), self.classes,
+                                self.proba_squares_flip if tta else self.proba_squares, top_k, on_skip, on_progress)
 
     def predict(self, paths: Sequence[str | Path] | str | Path, top_k: int = 1, on_skip=None,
-                on_progress=None) -> list[Prediction]:
-        return list(self.iter_predict(paths, top_k, on_skip, on_progress))
+                on_progress=None, tta: bool = False, tta_crops: int = 1) -> list[Prediction]:
+        return list(self.iter_predict(paths, top_k, on_skip, on_progress, tta=tta, tta_crops=tta_crops))

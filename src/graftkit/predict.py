@@ -11,13 +11,14 @@ import torch
 from PIL import Image
 from torch.utils.data import DataLoader, Dataset
 
-from .calibration import ece, nll, softmax
+from .calibration import ece, mean_softmax, nll
 from .config import DEVICES
 from .data import build_eval_transform, decode_square, scan_data
 from .data.decoded import image_square
 from .data.images import read_image_file
-from .data.model_input import Prediction, expand_image_paths, to_predictions
+from .data.model_input import Prediction, check_tta, describe_tta, expand_image_paths, to_predictions
 from .data.scan import DECODE_ERRORS, describe_image_error
+from .data.transforms import build_tta_transform
 from .engine.checkpoint import load_model, resolve_model_path
 from .engine.features import capture_pooled
 from .engine.fusion import fold_frozen_batchnorm
@@ -84,7 +85,10 @@ class ImageClassifier:
 
     ``predict``/``logits``/``features`` take image files, folders, Pillow images, numpy arrays
     ``(H, W, 3)`` uint8 and tensors ``(3, H, W)`` (uint8, or float 0-1), one or a list, and
-    preprocess them exactly as training's validation images were. Underneath:
+    preprocess them exactly as training's validation images were. ``predict``, ``iter_predict`` and
+    ``evaluate`` take ``tta=True`` (test-time augmentation: the calibrated probabilities of the centre
+    crop and its mirror image, averaged; ``tta_crops=5``: of five crops and their mirror images).
+    Underneath:
 
     Attributes:
         model: the ``torch.nn.Module`` (:class:`graftkit.heads.Classifier`: ``model.backbone``
@@ -121,40 +125,74 @@ class ImageClassifier:
         scorer = load_scorer(run_dir, meta["ood"], CheckpointError) if "ood" in meta else None
         return cls(model, meta, device, run_dir=run_dir, ood=scorer)
 
-    def _loader(self, paths: Sequence[Path]) -> DataLoader:
-        return DataLoader(_Files(paths, self.transform, int(self.meta["preprocessing"]["resize"])),
-                          batch_size=eval_batch_size(self.device))
+    def _views(self, tta: bool = False, tta_crops: int = 1):
+        """The transform of a decoded square: the evaluation crop, or the views of test-time augmentation."""
+        check_tta(tta, tta_crops)
+        if not tta:
+            return self.transform
+        pre = self.meta["preprocessing"]
+        return build_tta_transform(self.image_size, pre["mean"], pre["std"], tta_crops)
+
+    def _batch_size(self, transform) -> int:
+        """Images per forward pass: the device's evaluation batch, in views (``--tta``: 2 or 10 per image)."""
+        return max(1, eval_batch_size(self.device) // getattr(transform, "views", 1))
+
+    def _loader(self, paths: Sequence[Path], transform=None) -> DataLoader:
+        transform = transform or self.transform
+        return DataLoader(_Files(paths, transform, int(self.meta["preprocessing"]["resize"])),
+                          batch_size=self._batch_size(transform))
 
     def _outputs(self, batches) -> tuple[np.ndarray, np.ndarray]:
-        """``(N, C)`` logits (uncalibrated) and ``(N, num_features)`` pooled features over ``batches``."""
+        """``(N, C)`` logits (uncalibrated) and ``(N, num_features)`` pooled features over ``batches``.
+        Batches of views ``(B, V, 3, S, S)`` (test-time augmentation) give ``(N, V, C)`` logits and the
+        features of view 0, the evaluation crop (what the unknown detector was fitted on)."""
         self.model.eval()
+        views = []
+
+        def flat(batches):
+            for images, labels in batches:
+                if images.dim() == 5:
+                    views[:] = [images.shape[1]]
+                    images = images.flatten(0, 1)
+                yield images, labels
+
         with fold_frozen_batchnorm(self.model, enabled=bool(self.meta.get("fold_bn", False))), \
                 capture_pooled(self.model) as rows:
-            logits, _ = predict_logits(self.model, batches, self.device, channels_last=True, autocast=self.autocast)
-        return logits.numpy(), torch.cat(rows).numpy()
+            logits, _ = predict_logits(self.model, flat(batches), self.device, channels_last=True,
+                                       autocast=self.autocast)
+        logits, features = logits.numpy(), torch.cat(rows).numpy()
+        if views:
+            logits = logits.reshape(-1, views[0], logits.shape[1])
+            features = features.reshape(-1, views[0], features.shape[1])[:, 0]
+        return logits, features
 
     def probabilities(self, logits: np.ndarray) -> np.ndarray:
-        """Calibrated probabilities: ``softmax(logits / temperature)`` (model.json's calibration)."""
-        return softmax(logits, self.temperature).astype(np.float32)
+        """Calibrated probabilities: ``softmax(logits / temperature)`` (model.json's calibration);
+        ``(N, V, C)`` logits of ``V`` views: averaged over the views."""
+        return mean_softmax(logits, self.temperature).astype(np.float32)
 
-    def predict_outputs(self, paths: Sequence[str | Path]) -> tuple[np.ndarray, np.ndarray]:
-        """Logits and pooled features of readable image files, in order (decoded as training decodes)."""
-        return self._outputs(self._loader([Path(p) for p in paths]))
+    def predict_outputs(self, paths: Sequence[str | Path], tta: bool = False,
+                        tta_crops: int = 1) -> tuple[np.ndarray, np.ndarray]:
+        """Logits and pooled features of readable image files, in order (decoded as training decodes);
+        with ``tta``, ``(N, V, C)`` logits of the views (see :meth:`_outputs`)."""
+        return self._outputs(self._loader([Path(p) for p in paths], self._views(tta, tta_crops)))
 
     def predict_proba(self, paths: Sequence[str | Path]) -> np.ndarray:
         """``(N, num_classes)`` calibrated probabilities for readable image files, in order."""
         return self.probabilities(self.predict_outputs(paths)[0])
 
-    def _square_outputs(self, squares: Sequence[np.ndarray]) -> tuple[np.ndarray, np.ndarray]:
+    def _square_outputs(self, squares: Sequence[np.ndarray], transform=None) -> tuple[np.ndarray, np.ndarray]:
         """Logits and pooled features for decoded ``(S, S, 3)`` uint8 squares, in order."""
-        tensors = torch.stack([self.transform(torch.from_numpy(q).permute(2, 0, 1)) for q in squares])
-        size = eval_batch_size(self.device)
+        transform = transform or self.transform
+        tensors = torch.stack([transform(torch.from_numpy(q).permute(2, 0, 1)) for q in squares])
+        size = self._batch_size(transform)
         return self._outputs([(tensors[i:i + size], torch.zeros(0)) for i in range(0, len(tensors), size)])
 
-    def outputs_for_squares(self, squares: Sequence[np.ndarray]) -> tuple[np.ndarray, np.ndarray]:
+    def outputs_for_squares(self, squares: Sequence[np.ndarray], tta: bool = False,
+                            tta_crops: int = 1) -> tuple[np.ndarray, np.ndarray]:
         """Calibrated probabilities and pooled features for decoded ``(S, S, 3)`` uint8 squares
         (``S`` = ``meta["preprocessing"]["resize"]``), in order."""
-        logits, features = self._square_outputs(squares)
+        logits, features = self._square_outputs(squares, self._views(tta, tta_crops))
         return self.probabilities(logits), features
 
     def unknown_scores(self, features: np.ndarray) -> np.ndarray | None:
@@ -215,7 +253,8 @@ class ImageClassifier:
         return good, np.concatenate([c[0] for c in chunks]), np.concatenate([c[1] for c in chunks])
 
     def iter_predict(self, images: ImageInput | Sequence[ImageInput], top_k: int = 1, on_skip=None,
-                     on_progress=None, reject_unknown: bool = False) -> Iterator[Prediction]:
+                     on_progress=None, reject_unknown: bool = False, tta: bool = False,
+                     tta_crops: int = 1) -> Iterator[Prediction]:
         """Top-k classes for every image: files, folders (searched recursively), Pillow images, numpy
         arrays ``(H, W, 3)`` uint8, tensors ``(3, H, W)`` (uint8, or float 0-1); one, or a list
         (a 4-d array or tensor is a batch). Decoded exactly as training decodes files, predicted and
@@ -223,19 +262,22 @@ class ImageClassifier:
         (and FIFOs, devices, files over ``MAX_FILE_BYTES``) are skipped and reported through
         ``on_skip(path, reason)``; ``on_progress(done, total)`` is called as images are read.
         Probabilities are calibrated (the model's temperature). ``reject_unknown``: images the
-        unknown detector flags get the label ``"unknown"``. Bad arguments raise at once."""
+        unknown detector flags get the label ``"unknown"``. ``tta``/``tta_crops``: test-time
+        augmentation (see the class docstring). Bad arguments raise at once."""
         if isinstance(top_k, bool) or not isinstance(top_k, int) or top_k < 1:
             raise ConfigError(f"--top-k must be a whole number >= 1, got {top_k!r}")
         if reject_unknown and self.ood is None:
             raise ConfigError("this model has no unknown detector (model.json has no 'ood': it was trained by "
                               "an older graftkit). Retrain it, or predict without --reject-unknown.")
+        check_tta(tta, tta_crops)
         return self._predictions(images, min(top_k, len(self.classes)), on_skip or (lambda path, reason: None),
-                                 on_progress, reject_unknown)
+                                 on_progress, reject_unknown, tta, tta_crops)
 
-    def _predictions(self, images, k: int, on_skip, on_progress, reject_unknown: bool) -> Iterator[Prediction]:
+    def _predictions(self, images, k: int, on_skip, on_progress, reject_unknown: bool, tta: bool = False,
+                     tta_crops: int = 1) -> Iterator[Prediction]:
         any_good = False
         for sources, squares in self._each_square(images, on_skip, on_progress):
-            probs, features = self.outputs_for_squares(squares)
+            probs, features = self.outputs_for_squares(squares, tta, tta_crops)
             scores = self.unknown_scores(features)
             threshold = self.ood.threshold if self.ood is not None else 0.0
             any_good = True
@@ -244,10 +286,10 @@ class ImageClassifier:
             shown = ", ".join(map(str, _as_items(images)))[:300]
             raise DataError(f"no readable images in {shown}. Pass image files or folders holding them.")
 
-    def predict(self, images: ImageInput | Sequence[ImageInput], top_k: int = 1,
-                on_skip=None, on_progress=None, reject_unknown: bool = False) -> list[Prediction]:
+    def predict(self, images: ImageInput | Sequence[ImageInput], top_k: int = 1, on_skip=None, on_progress=None,
+                reject_unknown: bool = False, tta: bool = False, tta_crops: int = 1) -> list[Prediction]:
         """:meth:`iter_predict` as a list."""
-        return list(self.iter_predict(images, top_k, on_skip, on_progress, reject_unknown))
+        return list(self.iter_predict(images, top_k, on_skip, on_progress, reject_unknown, tta, tta_crops))
 
     def trained_on(self) -> Path | None:
         """The data folder the run was trained on (its config.json), if known."""
@@ -267,7 +309,7 @@ class ImageClassifier:
         return [f for f in folders if f is not None]
 
     def evaluate(self, data_dir: str | Path, split: str = "auto", skip_bad_images: bool = False,
-                 ood_dir: str | Path | None = None, on_skip=None) -> dict:
+                 ood_dir: str | Path | None = None, on_skip=None, tta: bool = False, tta_crops: int = 1) -> dict:
         """Accuracy, per-class precision/recall/F1, confusion matrix, calibration (ECE, NLL before and
         after the temperature) on a labelled folder; with ``ood_dir``, unknown detection against it.
 
@@ -278,13 +320,16 @@ class ImageClassifier:
                 another folder with train/ and val/ → its val/; any other folder of classes → all
                 of it. ``val``, ``train``, ``all`` pick that part explicitly (a class-folder root's
                 val is the hold-out seeded as the run's).
+            tta, tta_crops: test-time augmentation (see the class docstring): every figure is of the
+                probabilities averaged over the views.
 
         Returns:
-            The metrics, with ``split`` (the one used), ``scored`` (which images, in words) and
-            ``num_images``.
+            The metrics, with ``split`` (the one used), ``scored`` (which images, in words),
+            ``num_images`` and ``tta`` (the views averaged, in words, or None).
         """
         if split not in ("auto", "val", "train", "all"):
             raise DataError(f"--split must be auto, val, train or all; got {split!r}")
+        check_tta(tta, tta_crops)
         split_cfg = self.meta.get("split", {})
         val_fraction, seed = float(split_cfg.get("val_fraction", 0.2)), int(split_cfg.get("seed", 0))
         scan = scan_data(data_dir, val_fraction, seed, skip_bad_images=skip_bad_images)
@@ -300,12 +345,13 @@ class ImageClassifier:
         if not samples:
             raise DataError(f"'{data_dir}' has no images in split {split!r}.")
         to_model = [self.classes.index(scan.classes[s.label]) for s in samples]
-        logits, features = self.predict_outputs([s.path for s in samples])
+        logits, features = self.predict_outputs([s.path for s in samples], tta, tta_crops)
         probs = self.probabilities(logits)
         labels = np.array(to_model)
         result = classification_metrics(labels, probs.argmax(1), self.classes)
         # as training computes val_loss (T = 1), so a run's figure is reproduced; calibrated: calibration.nll_after
-        result["loss"] = log_loss(labels, softmax(logits).astype(np.float32))
+        result["loss"] = log_loss(labels, mean_softmax(logits).astype(np.float32))
+        result["tta"] = describe_tta(tta_crops) if tta else None
         result["split"] = split
         result["data_dir"] = str(data_dir)
         result["scored"] = _scored_text(Path(data_dir), split, scan.layout, own, val_fraction, seed)
@@ -355,8 +401,12 @@ def _scored_text(data_dir: Path, split: str, layout: str, own: bool, val_fractio
 def calibration_figures(logits: np.ndarray, labels: np.ndarray, temperature: float,
                         trained: dict | None) -> dict:
     """ECE and NLL of ``logits`` before (T = 1) and after the model's temperature, and the
-    cross-fitted figures training recorded (``trained``: model.json's calibration, if any)."""
-    return {"temperature": temperature,
-            "ece_before": ece(softmax(logits), labels), "ece_after": ece(softmax(logits, temperature), labels),
-            "nll_before": nll(logits, labels), "nll_after": nll(logits, labels, temperature),
-            "trained": trained}
+    cross-fitted figures training recorded (``trained``: model.json's calibration, if any).
+    ``(N, V, C)`` logits of ``V`` views: of the probabilities averaged over the views."""
+    before, after = mean_softmax(logits), mean_softmax(logits, temperature)
+    if logits.ndim == 2:
+        nll_before, nll_after = nll(logits, labels), nll(logits, labels, temperature)
+    else:
+        nll_before, nll_after = log_loss(labels, before), log_loss(labels, after)
+    return {"temperature": temperature, "ece_before": ece(before, labels), "ece_after": ece(after, labels),
+            "nll_before": nll_before, "nll_after": nll_after, "trained": trained}

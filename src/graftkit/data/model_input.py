@@ -29,6 +29,23 @@ def center_crop_anchor(size: int, crop: int) -> int:
     return int(round((size - crop) / 2.0))
 
 
+TTA_CROPS = (1, 5)  # --tta-crops: the centre crop, or torchvision's five crops (centre and corners)
+
+
+def check_tta(tta: bool, crops: int) -> None:
+    """One-line errors for ``--tta``/``--tta-crops`` (``tta_crops`` in Python)."""
+    if isinstance(crops, bool) or crops not in TTA_CROPS:
+        raise ConfigError(f"--tta-crops must be 1 (the centre crop) or 5 (centre and four corners); got {crops!r}")
+    if crops != 1 and not tta:
+        raise ConfigError(f"--tta-crops {crops} needs --tta (test-time augmentation); add --tta or drop --tta-crops.")
+
+
+def describe_tta(crops: int) -> str:
+    """What ``--tta --tta-crops crops`` averages, in words, e.g. "centre crop + flip (2 views)"."""
+    crop = "centre crop" if crops == 1 else f"{crops} crops (centre, corners)"
+    return f"{crop} + horizontal flip ({2 * crops} views)"
+
+
 def normalize_squares(squares: np.ndarray, preprocessing: Mapping) -> np.ndarray:
     """``(N, S, S, 3)`` uint8 decoded squares → ``(N, 3, H, W)`` float32 model input, ``H = W =
     preprocessing["image_size"]``."""

@@ -21,6 +21,7 @@ import torch
 from torchvision.transforms import v2
 
 from ..errors import ConfigError
+from .model_input import check_tta
 
 AUGMENTS = ("none", "light", "strong")
 CUSTOM_AUGMENT_SUFFIXES = (".json", ".yaml", ".yml")  # --augment FILE: a custom pipeline
@@ -35,6 +36,27 @@ def build_eval_transform(image_size: int, mean: Sequence[float], std: Sequence[f
     """``(3, S, S)`` uint8 → ``(3, image_size, image_size)`` normalised float."""
     return v2.Compose([v2.CenterCrop(image_size), v2.ToDtype(torch.float32, scale=True),
                        v2.Normalize(list(mean), list(std))])
+
+
+def build_tta_transform(image_size: int, mean: Sequence[float], std: Sequence[float],
+                        crops: int = 1) -> Callable[[torch.Tensor], torch.Tensor]:
+    """``(3, S, S)`` uint8 → ``(2 * crops, 3, image_size, image_size)`` normalised float, the views of
+    test-time augmentation: the centre crop (``crops=5``: then the four corner crops) and, after each,
+    its mirror image. View 0 is exactly ``build_eval_transform``'s output."""
+    check_tta(True, crops)
+    to_float = v2.Compose([v2.ToDtype(torch.float32, scale=True), v2.Normalize(list(mean), list(std))])
+
+    def views(square: torch.Tensor) -> torch.Tensor:
+        if crops == 1:
+            cut = [v2.functional.center_crop(square, [image_size])]
+        else:
+            *corners, centre = v2.functional.five_crop(square, [image_size])
+            cut = [centre, *corners]
+        normalised = [to_float(c) for c in cut]
+        return torch.stack([v for x in normalised for v in (x, x.flip(-1))])
+
+    views.views = 2 * crops  # per image: what a forward pass's batch is counted in
+    return views
 
 
 def build_train_transform(image_size: int, mean: Sequence[float], std: Sequence[float],

@@ -25,7 +25,7 @@ from ..config import TrainConfig
 from ..data import DataScan, build_batch_mix, build_eval_transform, decode_size_for
 from ..data.conflicts import label_conflicts_csv, label_conflicts_warning
 from ..data.preview import GRID_NAME
-from ..errors import ConfigError, GraftError
+from ..errors import CheckpointError, ConfigError, GraftError
 from ..fileio import refuse_out_inside_data
 from ..heads import Classifier
 from ..strategies import Phase, build_optimizer, build_phases, phase_at, set_learning_rates, warmup_cosine
@@ -33,6 +33,7 @@ from .checkpoint import (CHECKPOINT_NAME, atomic_write_text, capture_rng, load_c
                          restore_rng, save_checkpoint, save_model)
 from .confidence import fit_confidence
 from .distributed import World, join
+from .ema import WeightAverage
 from .features import TailModel, capture_pooled
 from .fusion import fold_frozen_batchnorm
 from .loop import TrainingDiverged, evaluate, train_one_epoch
@@ -190,7 +191,7 @@ def _train(cfg: TrainConfig, data: TrainingData, model: Classifier, device: torc
     history, best, best_state, resumed = state["history"], state["best"], state["best_state"], state["resumed"]
     start_epoch = epoch = state["epoch"]
     started -= state["elapsed"]  # wall-clock figures (elapsed, seconds_total, max_seconds) go on after a resume
-    diverged, setup_seconds, last_checkpoint, stopped = [], 0.0, time.perf_counter(), None
+    diverged, setup_seconds, last_checkpoint, stopped, average = [], 0.0, time.perf_counter(), None, None
     checkpoint_epoch = start_epoch if cfg.resume else None
     try:
         while epoch < cfg.total_epochs:
@@ -209,17 +210,22 @@ def _train(cfg: TrainConfig, data: TrainingData, model: Classifier, device: torc
                 if cfg.compile and not head_only:
                     net = torch.compile(net)
                 trained = world.wrap(net)  # DDP: gradients all-reduced over the ranks (alone: net)
+                # --ema: an average of the weights for each phase that trains the backbone
+                average = WeightAverage(model, cfg.ema_decay) if cfg.ema and phase.first_trainable is not None else None
             if resumed is not None:  # continue every random stream exactly where it stopped
                 restore_rng(_rank_rng(resumed, world))
                 if phase_epoch != 0:
                     train_batches.generator.set_state(resumed["batch_generator"])
+                    if average is not None:
+                        average.load_state_dict(_saved_average(resumed, out_dir))
                 resumed = None
             if checkpoint_epoch is None:  # the state at the start: an interrupt from here on can resume
-                _save_checkpoint(out_dir, epoch, model, optimizer, history, best, scan.classes, train_batches, world)
+                _save_checkpoint(out_dir, epoch, model, optimizer, history, best, scan.classes, train_batches, world,
+                                 average)
                 checkpoint_epoch, last_checkpoint = epoch, time.perf_counter()
             try:
                 row = _train_epoch(cfg, model, net, phase, phase_epoch, epoch, train_batches, val_batches,
-                                   optimizer, loss_fn, device, autocast, report, trained, world, mix)
+                                   optimizer, loss_fn, device, autocast, report, trained, world, mix, average)
                 check_divergence(row, len(scan.classes))
             except TrainingDiverged as exc:
                 if best_state is None:
@@ -240,13 +246,15 @@ def _train(cfg: TrainConfig, data: TrainingData, model: Classifier, device: torc
             tracker.on_epoch_end(row)
             improved = (row["val_accuracy"], -row["val_loss"]) > (best["val_accuracy"], -best["val_loss"])
             if improved:
-                best, best_state = {**row}, copy.deepcopy(model.state_dict())
-                if world.is_main:
-                    save_model(out_dir, model, {**meta, "epoch": epoch + 1})
+                with _evaluated_weights(average):  # with --ema: the averaged weights, which were validated
+                    best, best_state = {**row}, copy.deepcopy(model.state_dict())
+                    if world.is_main:
+                        save_model(out_dir, model, {**meta, "epoch": epoch + 1})
             epoch += 1
             phase_done = epoch >= cfg.total_epochs or phase_at(phases, epoch)[0] != phase_index
             if world.agree(phase_done or time.perf_counter() - last_checkpoint >= cfg.checkpoint_every):
-                _save_checkpoint(out_dir, epoch, model, optimizer, history, best, scan.classes, train_batches, world)
+                _save_checkpoint(out_dir, epoch, model, optimizer, history, best, scan.classes, train_batches, world,
+                                 average)
                 checkpoint_epoch, last_checkpoint = epoch, time.perf_counter()
             report.end_epoch(f"epoch {epoch:>2}/{cfg.total_epochs} {phase.name:<8} "
                              f"train_loss {row['train_loss']:.4f} val_loss {row['val_loss']:.4f} "
@@ -264,6 +272,7 @@ def _train(cfg: TrainConfig, data: TrainingData, model: Classifier, device: torc
     with capture_pooled(model) as val_features:
         metrics, final = _final_metrics(cfg, data, model, device, precision, phases, history, best, diverged, started)
     metrics["stopped_early"], metrics["world_size"], metrics["accumulate"] = stopped, world.size, cfg.accumulate
+    metrics["ema"] = {"decay": cfg.ema_decay, "best_weights": best.get("weights", "raw")} if cfg.ema else None
     features = world.gather(torch.cat(val_features))  # each rank pooled its share of the val images
     if world.is_main:  # the temperature and the unknown detector are fitted once, by the rank that writes
         metrics.update(fit_confidence(cfg, data, model, device, precision, phases, final["logits"].numpy(),
@@ -278,14 +287,31 @@ def _train(cfg: TrainConfig, data: TrainingData, model: Classifier, device: torc
 
 
 def _save_checkpoint(out_dir: Path, epoch: int, model: Classifier, optimizer: torch.optim.Optimizer,
-                     history: list, best: dict, classes: list[str], train_batches, world: World) -> None:
+                     history: list, best: dict, classes: list[str], train_batches, world: World,
+                     average: WeightAverage | None = None) -> None:
     """``checkpoint.pt`` with the state after ``epoch`` epochs (0: before the first one), written by
-    rank 0 with every rank's random states."""
+    rank 0 with every rank's random states (and the phase's average of the weights, ``--ema``)."""
     rng_by_rank = world.gather_objects(capture_rng())
     if world.is_main:
         save_checkpoint(out_dir, {"epoch": epoch, "model": model.state_dict(), "optimizer": optimizer.state_dict(),
                                   "history": history, "best": best, "rng": rng_by_rank[0], "classes": classes,
-                                  "rng_by_rank": rng_by_rank, "batch_generator": train_batches.generator.get_state()})
+                                  "rng_by_rank": rng_by_rank, "batch_generator": train_batches.generator.get_state(),
+                                  "ema": None if average is None else average.state_dict()})
+
+
+def _evaluated_weights(average: WeightAverage | None):
+    """The weights validation scores: the average's (``--ema``, in phases that train the backbone), else
+    the model's own."""
+    return contextlib.nullcontext() if average is None else average.swapped_in()
+
+
+def _saved_average(resumed: dict[str, Any], out_dir: Path) -> dict[str, Any]:
+    """The average of the weights an interrupted ``--ema`` run saved in its checkpoint."""
+    saved = resumed.get("ema")
+    if not isinstance(saved, dict) or not isinstance(saved.get("weights"), dict) or "steps" not in saved:
+        raise CheckpointError(f"'{out_dir / CHECKPOINT_NAME}' holds no average of the weights, which this --ema "
+                              f"run needs to resume mid-phase. Start the run again without --resume (in a new --out).")
+    return saved
 
 
 def _rank_rng(resumed: dict[str, Any], world: World) -> dict[str, Any]:
@@ -407,9 +433,11 @@ def check_divergence(row: dict[str, Any], num_classes: int) -> None:
 def _train_epoch(cfg: TrainConfig, model: Classifier, net: nn.Module, phase: Phase, phase_epoch: int,
                  epoch: int, train_batches, val_batches, optimizer: torch.optim.Optimizer, loss_fn: nn.Module,
                  device: torch.device, autocast, report: ProgressReporter, trained: nn.Module, world: World,
-                 mix=None) -> dict[str, Any]:
+                 mix=None, average: WeightAverage | None = None) -> dict[str, Any]:
     """One epoch: learning rates from the phase's schedule, training (``trained``: ``net``, or ``net``
-    in DistributedDataParallel), then validation of ``net`` on this rank's share, gathered."""
+    in DistributedDataParallel), then validation of ``net`` on this rank's share, gathered. With an
+    ``average`` of the weights (``--ema``), it is updated every step and ``val_*`` score it (``raw_val_*``:
+    the model's own weights, for comparison; training never sees either)."""
     multipliers = phase.lr_multipliers(model.backbone.num_stages)
     steps = len(train_batches)
 
@@ -428,13 +456,19 @@ def _train_epoch(cfg: TrainConfig, model: Classifier, net: nn.Module, phase: Pha
         train_stats = train_one_epoch(trained, train_batches, optimizer, set_lr, loss_fn, device,
                                       cfg.channels_last, on_step=report.step, autocast=autocast, mix=mix,
                                       accumulate=cfg.accumulate, sum_over_ranks=world.sum,
-                                      stop_on_nan=world.size == 1)
-        val_stats = evaluate(net, val_batches, device, cfg.channels_last, autocast=autocast, gather=world.gather)
+                                      stop_on_nan=world.size == 1, average=average)
+        val_stats = raw = evaluate(net, val_batches, device, cfg.channels_last, autocast=autocast, gather=world.gather)
+        if average is not None:  # --ema: the average is what is validated and kept; its raw weights shown beside
+            with average.swapped_in():
+                val_stats = evaluate(net, val_batches, device, cfg.channels_last, autocast=autocast,
+                                     gather=world.gather)
     return {"phase": phase.name, "epoch": epoch + 1, "phase_epoch": phase_epoch + 1,
             "train_loss": train_stats["train_loss"], "train_accuracy": train_stats["train_accuracy"],
             "val_loss": val_stats["val_loss"], "val_accuracy": val_stats["val_accuracy"], "lr": phase.lr,
             "train_images": train_stats["images"],
-            "seconds": time.perf_counter() - started, "train_images_per_second": train_stats["images_per_second"]}
+            "seconds": time.perf_counter() - started, "train_images_per_second": train_stats["images_per_second"],
+            **({"weights": "ema", "raw_val_loss": raw["val_loss"], "raw_val_accuracy": raw["val_accuracy"]}
+               if average is not None else {})}
 
 
 def _phase_summaries(phases: list[Phase], history: list[dict], phase_seconds: dict[str, float]) -> list[dict]:

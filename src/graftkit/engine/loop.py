@@ -30,7 +30,7 @@ def train_one_epoch(model: nn.Module, loader: Iterable, optimizer: torch.optim.O
                     channels_last: bool = True, on_step: Callable[[float], None] | None = None,
                     autocast: Callable = contextlib.nullcontext, mix: Callable | None = None,
                     accumulate: int = 1, sum_over_ranks: Callable[[list], list] = list,
-                    stop_on_nan: bool = True) -> dict:
+                    stop_on_nan: bool = True, average=None) -> dict:
     """Train over ``loader`` once; ``set_lr(step)`` sets this step's learning rates first.
 
     ``mix(images, labels) -> (images, soft targets)`` is MixUp/CutMix on the batch, if any.
@@ -38,6 +38,8 @@ def train_one_epoch(model: nn.Module, loader: Iterable, optimizer: torch.optim.O
     loss weighs its share of the step's global batch (``loader.step_share`` images per rank), so
     the gradient is the batch mean whether the batch ran whole, in parts, or on several ranks.
     ``sum_over_ranks`` sums the epoch's figures over the ranks (distributed data parallel).
+    ``average``: an EMA of the weights (:class:`~graftkit.engine.ema.WeightAverage`, ``--ema``), updated
+    after every optimizer step.
     """
     model.train()
     total_loss, correct, seen = 0.0, 0, 0
@@ -65,6 +67,8 @@ def train_one_epoch(model: nn.Module, loader: Iterable, optimizer: torch.optim.O
             correct += (logits.argmax(1) == part_labels).sum().item()
             seen += len(part_labels)
         optimizer.step()
+        if average is not None:
+            average.update()
         if on_step is not None:
             on_step(loss.item())
     total_loss, correct, seen = sum_over_ranks([total_loss, correct, seen])
