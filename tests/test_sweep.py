@@ -276,3 +276,22 @@ def test_a_sweep_out_of_time_stops_its_trials_and_still_retrains_the_best(class_
     assert any(line.startswith("time limit: 2 of 5 trials done") for line in lines)
     retrained = json.loads((Path(summary["best_run"]) / "config.json").read_text())
     assert 0 < retrained["max_seconds"] <= 600.0  # the retrain is bounded by what is left of the limit
+
+
+def test_the_default_is_kept_unless_a_trial_beats_it_by_more_than_one_standard_error():
+    from graftkit.workflows.sweep import chosen_trial
+
+    default = _Trial(0.93, 200.0, 6, 6)
+    default.number, default.user_attrs["default"] = 0, True
+    lucky, clear = _Trial(0.945, 5.0, 8, 8), _Trial(0.96, 150.0, 5, 5)
+    lucky.number, clear.number = 18, 14
+    # a flowers sweep: 0.945 against 0.930 on 200 inner images (one SE is 0.016); retrained, that trial
+    # scored 0.888 on val where the default scores 0.903
+    trial, why = chosen_trial(_Study(default, lucky), 200)
+    assert trial is default and "within one standard error (0.0161, 200 images)" in why
+    trial, why = chosen_trial(_Study(default, lucky, clear), 200)  # 0.96 - 0.93 > 0.0139
+    assert trial is clear and "beats the default" in why
+    assert chosen_trial(_Study(default, lucky), 2000)[0] is lucky  # more inner images, less noise
+    no_default = _Trial(0.9, 1.0, 1, 1)
+    no_default.number = 3
+    assert chosen_trial(_Study(no_default, lucky), 200)[0] is lucky

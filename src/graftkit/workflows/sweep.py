@@ -12,6 +12,7 @@ run again continues it, and several processes (or machines, on PostgreSQL) can w
 from __future__ import annotations
 
 import json
+import math
 import shlex
 import time
 import warnings
@@ -177,7 +178,7 @@ def sweep(settings: SweepSettings, say: Callable[[str], None] = print, pruner=No
         stop = optuna.study.MaxTrialsCallback(settings.trials, states=tuple(
             getattr(optuna.trial.TrialState, s) for s in FINISHED))
         study.optimize(objective, n_trials=settings.trials - done, callbacks=[stop, stop_in_time], catch=())
-    return finish(settings, study, base, space, scan, say, budget)
+    return finish(settings, study, base, space, scan, say, budget, len(inner.val))
 
 
 @dataclass
@@ -235,8 +236,25 @@ def _show(value: Any) -> str:
     return f"{value:.3g}" if isinstance(value, float) else str(value)
 
 
-def best_settings(study, space: dict[str, Any]) -> dict[str, Any]:
-    return {**_fixed(space), **study.best_trial.params}
+def best_settings(trial, space: dict[str, Any]) -> dict[str, Any]:
+    return {**_fixed(space), **trial.params}
+
+
+def chosen_trial(study, num_inner_val: int) -> tuple[Any, str]:
+    """The trial whose settings are retrained: the best finished one, unless the default settings are
+    within one standard error of it (binomial, on the inner split's images). The best of many noisy
+    trials is flattered by the noise that made it best, so a sweep must beat the default by more."""
+    best = _best_complete(study)
+    default = next((t for t in study.trials if t.user_attrs.get("default") and t.state.name == "COMPLETE"), None)
+    se = math.sqrt(best.value * (1 - best.value) / max(num_inner_val, 1))
+    if default is None or default.number == best.number:
+        return best, f"trial {best.number} has the best inner accuracy"
+    if best.value - default.value <= se:
+        return default, (f"kept the default settings: the best trial ({best.number}, inner {best.value:.4f}) is "
+                         f"within one standard error ({se:.4f}, {num_inner_val} images) of the default's "
+                         f"{default.value:.4f}")
+    return best, (f"trial {best.number} beats the default's inner {default.value:.4f} by more than one "
+                  f"standard error ({se:.4f}, {num_inner_val} images)")
 
 
 def train_command(base: TrainConfig, settings: dict[str, Any], out_dir: Path) -> str:
@@ -257,19 +275,20 @@ def train_command(base: TrainConfig, settings: dict[str, Any], out_dir: Path) ->
 
 
 def finish(settings: SweepSettings, study, base: TrainConfig, space: dict[str, Any], scan: DataScan,
-           say: Callable[[str], None], budget: Budget | None = None) -> dict[str, Any]:
+           say: Callable[[str], None], budget: Budget | None = None, num_inner_val: int = 0) -> dict[str, Any]:
     """Retrain the best on all of train, score it on val once; table, plots, ``sweep.json``, ``sweep.html``."""
     out = settings.out_dir
     complete = [t for t in study.trials if t.state.name == "COMPLETE"]
     if not complete:
         raise ConfigError(f"no trial of study '{settings.study_name}' finished (all pruned or failed); "
                           f"raise --time-limit or --trials, or use --pruner none.")
-    best = study.best_trial
-    chosen = best_settings(study, space)
+    best, why = chosen_trial(study, num_inner_val or round(len(scan.train) * base.val_fraction))
+    chosen = best_settings(best, space)
     best_dir = out / f"best-trial-{best.number:03d}"
     given = {k: v for k, v in (settings.base or {}).items() if k != "progress"}  # e.g. --device
     command = train_command(base, {**given, **chosen}, best_dir)
-    say(f"best: trial {best.number} (inner val_accuracy {best.value:.4f}); retraining on all of train:\n  {command}")
+    say(f"chosen: trial {best.number} (inner val_accuracy {best.value:.4f}); {why}; retraining on all of train:\n"
+        f"  {command}")
     metrics_file = best_dir / "metrics.json"
     if metrics_file.is_file():  # retrained by an earlier run of this command
         metrics = json.loads(metrics_file.read_text())
@@ -280,6 +299,7 @@ def finish(settings: SweepSettings, study, base: TrainConfig, space: dict[str, A
         "study": settings.study_name, "storage": _safe_url(settings.storage_url), "trials_asked": settings.trials,
         "states": {s: sum(t.state.name == s for t in study.trials) for s in ("COMPLETE", "PRUNED", "FAIL", "RUNNING")},
         "inner_split": INNER_SPLIT, "best_trial": best.number, "best_inner_val_accuracy": best.value,
+        "choice": why, "top_trial": _best_complete(study).number,
         "best_settings": chosen, "best_command": command, "best_run": str(best_dir),
         "val_accuracy": metrics["val_accuracy"], "val_loss": metrics["val_loss"],
         "default_trial": next((t.number for t in study.trials if t.user_attrs.get("default")), None),
@@ -354,6 +374,6 @@ def sweep_html(summary: dict[str, Any]) -> str:
             f"<h1>Sweep {escape(summary['study'])}</h1>"
             f"<p>Best: trial {summary['best_trial']}, inner val_accuracy {summary['best_inner_val_accuracy']:.4f}; "
             f"retrained on all of train: <b>val_accuracy {summary['val_accuracy']:.4f}</b> (scored once).</p>"
-            f"<pre>{escape(summary['best_command'])}</pre>"
+            f"<p>{escape(summary.get('choice', ''))}</p><pre>{escape(summary['best_command'])}</pre>"
             f"<table border=1 cellpadding=4><tr><th>trial</th><th>state</th><th>inner val_accuracy</th>"
             f"<th>epochs</th><th>settings</th></tr>{rows}</table>{plots}")
