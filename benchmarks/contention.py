@@ -52,57 +52,60 @@ def base_env() -> dict[str, str]:
             if k not in ("OMP_NUM_THREADS", "MKL_NUM_THREADS", "OMP_WAIT_POLICY", "GRAFTKIT_OPENMP")}
 
 
-def make_data(work: Path, quick: bool) -> dict[str, Path]:
+def make_data(work: Path, quick: bool, images: int) -> dict[str, Path]:
+    """The data of each kind of process: "small" gives the ~250-row head and the fine-tune epoch."""
     from graftkit.data.synthetic import write_color_folder
 
     classes = {"red": (200, 40, 40), "blue": (40, 40, 200), "green": (40, 200, 40), "grey": (128, 128, 128)}
     hymenoptera = DATASETS / "hymenoptera"
     small = hymenoptera if "GRAFTKIT_DATASETS" in os.environ and hymenoptera.is_dir() else \
-        write_color_folder(work / "small", classes, per_class=78, image_size=64)  # 312: 250 train at 0.2 val
-    large = write_color_folder(work / "large", classes, per_class=438, image_size=64, seed=1)  # 1,400 train
-    data = {"head ~250 rows": small, "fine-tune epoch": small}
-    if not quick:
-        data["head ~1,400 rows"] = large
-    return data
+        write_color_folder(work / "small", classes, per_class=round(images / 0.8 / 4), image_size=64)  # 0.2 val
+    if quick:
+        return {"small": small}
+    return {"small": small, "large": write_color_folder(work / "large", classes, per_class=438, image_size=64,
+                                                        seed=1)}  # 1,752: 1,400 train
 
 
-def train_args(task: str, data: Path, work: Path, args) -> list[str]:
+def train_args(kind: str, data: Path, work: Path, args) -> list[str]:
     common = ["train", str(data), "--image-size", str(args.image_size), "--cache-dir", str(work / "cache"),
               "--quiet", "--seed", "0"]
-    if task.startswith("head"):
+    if kind == "large":
         return [*common, "--strategy", "feature-extraction", "--epochs", str(args.head_epochs)]
-    return [*common, "--strategy", "fine-tune", "--head-epochs", "1", "--finetune-epochs", "1"]
+    return [*common, "--strategy", "fine-tune", "--head-epochs", str(args.head_epochs), "--finetune-epochs", "1"]
 
 
-def epoch_seconds(task: str, run: Path) -> float:
+def epoch_seconds(kind: str, run: Path) -> dict[str, float]:
+    """The median head epoch (the first also opens the cache: left out) and the fine-tune epoch."""
     rows = [json.loads(line) for line in (run / "history.jsonl").read_text().splitlines()]
-    if task.startswith("head"):
-        return statistics.median(r["seconds"] for r in rows[1:])  # the first epoch also opens the cache
-    return next(r["seconds"] for r in rows if r["phase"] == "fine-tune")
+    head = statistics.median(r["seconds"] for r in rows if r["phase"] == "head" and r["phase_epoch"] > 1)
+    if kind == "large":
+        return {"head ~1,400 rows": head}
+    return {"head ~250 rows": head, "fine-tune epoch": next(r["seconds"] for r in rows if r["phase"] == "finetune")}
 
 
-def measure(task: str, data: Path, setting: str, work: Path, args) -> float:
+def measure(kind: str, data: Path, setting: str, work: Path, args) -> dict[str, float]:
     out = Path(tempfile.mkdtemp(prefix="run-", dir=work)) / "run"
-    result = subprocess.run(graft(*train_args(task, data, work, args), "--out", str(out)), capture_output=True,
+    result = subprocess.run(graft(*train_args(kind, data, work, args), "--out", str(out)), capture_output=True,
                             text=True, env={**base_env(), **SETTINGS[setting]})
     if result.returncode != 0:
         sys.exit(f"graft train failed: {result.stderr[-2000:]}")
-    return epoch_seconds(task, out)
+    return epoch_seconds(kind, out)
 
 
 def main() -> None:
     parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
-    parser.add_argument("--quick", action="store_true", help="~250 rows and one fine-tune epoch only, 128 px")
+    parser.add_argument("--quick", action="store_true", help="~250 rows and the fine-tune epoch only, at 128 px")
     parser.add_argument("--repeats", type=int, default=3)
     parser.add_argument("--image-size", type=int, default=None, help="default 160 (--quick: 128)")
-    parser.add_argument("--head-epochs", type=int, default=6)
+    parser.add_argument("--head-epochs", type=int, default=5)
+    parser.add_argument("--images", type=int, default=250, help="training images of the generated small set")
     args = parser.parse_args()
     args.image_size = args.image_size or (128 if args.quick else 160)
     print(machine(), flush=True)
     print(f"load average before: {load()}", flush=True)
     started = time.perf_counter()
     work = fresh_dir("contention")
-    data = make_data(work, args.quick)
+    data = make_data(work, args.quick, args.images)
     for path in set(data.values()):  # fill the decoded-image and feature caches once
         run_timed(graft("train", str(path), "--image-size", str(args.image_size), "--cache-dir", str(work / "cache"),
                         "--strategy", "feature-extraction", "--epochs", "1", "--quiet", "--out",
@@ -116,10 +119,10 @@ def main() -> None:
                 if competitor:
                     time.sleep(1.0)
                 for setting in SETTINGS:
-                    for task, path in data.items():
-                        seconds = measure(task, path, setting, work, args)
-                        times.setdefault((task, setting, condition), []).append(seconds)
-                        print(f"repeat {repeat + 1} {condition:9} {setting} {task}: {seconds:.3f}s", flush=True)
+                    for kind, path in data.items():
+                        for task, seconds in measure(kind, path, setting, work, args).items():
+                            times.setdefault((task, setting, condition), []).append(seconds)
+                            print(f"repeat {repeat + 1} {condition:9} {setting} {task}: {seconds:.3f}s", flush=True)
             finally:
                 if competitor:
                     competitor.kill()
@@ -127,7 +130,7 @@ def main() -> None:
     print(f"load average after: {load()} ({time.perf_counter() - started:.0f}s in all)\n")
     shutil.rmtree(work, ignore_errors=True)
     rows = []
-    for task in data:
+    for task in sorted({task for task, _, _ in times}):
         med = {(s, c): statistics.median(times[(task, s, c)]) for s in SETTINGS for c in ("quiet", "contended")}
         rows.append([task, *(f"{med[(s, c)]:.3f}" for s in SETTINGS for c in ("quiet", "contended")),
                      *(f"{med[(s, 'contended')] / med[(s, 'quiet')]:.2f}x" for s in SETTINGS),
