@@ -78,9 +78,11 @@ def epoch_seconds(kind: str, run: Path) -> dict[str, float]:
     """The median head epoch (the first also opens the cache: left out) and the fine-tune epoch."""
     rows = [json.loads(line) for line in (run / "history.jsonl").read_text().splitlines()]
     head = statistics.median(r["seconds"] for r in rows if r["phase"] == "head" and r["phase_epoch"] > 1)
+    images = json.loads((run / "metrics.json").read_text())["num_train"]
     if kind == "large":
-        return {"head ~1,400 rows": head}
-    return {"head ~250 rows": head, "fine-tune epoch": next(r["seconds"] for r in rows if r["phase"] == "finetune")}
+        return {f"head, {images} rows": head}
+    return {f"head, {images} rows": head,
+            f"fine-tune epoch, {images} images": next(r["seconds"] for r in rows if r["phase"] == "finetune")}
 
 
 def measure(kind: str, data: Path, setting: str, work: Path, args) -> dict[str, float]:
