@@ -16,7 +16,8 @@ from graftkit.backbones import Backbone
 from graftkit.heads import Classifier
 from graftkit.report import load_run, write_report
 from graftkit.report.gradcam import grad_cam
-from graftkit.report.summary import mean_interval, per_class_metrics, time_to_reach
+from graftkit.report.runfiles import RunFiles
+from graftkit.report.summary import mean_interval, per_class_metrics, summarize_comparison, time_to_reach
 
 from .conftest import TINY, graft
 
@@ -157,6 +158,19 @@ def test_mean_interval_is_a_student_t_interval():
     assert result["interval"] == pytest.approx([0.85 - half, 0.85 + half])
     assert mean_interval([0.5])["interval"] is None
     assert mean_interval([0.9, 1.0], bounds=(0, 1))["interval"][1] == 1.0
+
+
+def test_comparison_intervals_of_seconds_and_loss_are_clipped_at_zero():
+    """Three seeds of 20, 20 and 400 s: the t-interval's lower end (mean - 545 s) would be -212 s or worse."""
+    def run(seed: int, seconds: float, loss: float) -> RunFiles:
+        metrics = {"val_accuracy": 0.9, "val_loss": loss, "seconds_total": seconds, "best_epoch": 1}
+        return RunFiles(Path(f"seed{seed}"), {"seed": seed}, metrics, [{"epoch": 1, "val_accuracy": 0.9}])
+
+    summary = summarize_comparison({"fine-tune": [run(0, 20.0, 0.01), run(1, 20.0, 0.01), run(2, 400.0, 2.0)]})
+    seconds, loss = summary["strategies"]["fine-tune"]["seconds"], summary["strategies"]["fine-tune"]["val_loss"]
+    assert seconds["mean"] - seconds["half_width"] < 0 and seconds["interval"][0] == 0.0
+    assert seconds["interval"][1] == pytest.approx(seconds["mean"] + seconds["half_width"])
+    assert loss["interval"][0] == 0.0 and loss["interval"][1] > 0
 
 
 def test_time_to_reach_is_the_first_epoch_at_the_target():

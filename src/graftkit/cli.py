@@ -579,8 +579,9 @@ opt.style_help(app)  # panels, defaults and value names in every command's --hel
 
 
 def main() -> None:
-    from .hardware import tune_cpu_allocator
+    from .hardware import tune_cpu_allocator, tune_openmp
 
+    tune_openmp()  # before torch loads: idle OpenMP threads sleep instead of spinning (graftkit.hardware)
     tune_cpu_allocator()  # graft's own process: keep activation memory in the heap (graftkit.hardware)
     try:
         app()

@@ -11,6 +11,10 @@ This is process-wide, so the library never does it on its own: ``graft`` (the CL
 :func:`tune_cpu_allocator` at start, and a program of your own that trains for long opts in with
 ``graftkit.tune_cpu_allocator()``. ``graftkit.load()`` and ``ImageClassifier`` leave the process
 alone. Set ``GRAFTKIT_MALLOC=default`` to leave the allocator alone in ``graft`` too.
+
+OpenMP's threads likewise: :func:`tune_openmp` (called by ``graft`` before torch loads) makes idle
+threads sleep instead of spinning, so a busy machine's other processes get the cores they wait for;
+``GRAFTKIT_OPENMP=default`` leaves OpenMP's settings alone.
 """
 from __future__ import annotations
 
@@ -19,6 +23,11 @@ import ctypes.util
 import functools
 import os
 import sys
+
+# OpenMP reads these once, when torch loads. PASSIVE: a thread that finished its share of a
+# parallel region sleeps rather than spinning for the next one (libgomp, Intel OpenMP).
+OPENMP_ENV = {"OMP_WAIT_POLICY": "PASSIVE"}
+THREAD_ENV_NAMES = ("OMP_NUM_THREADS", "MKL_NUM_THREADS")
 
 _M_TRIM_THRESHOLD = -1
 _M_MMAP_THRESHOLD = -3
@@ -42,3 +51,40 @@ def tune_cpu_allocator() -> bool:
 def allocator_tuned() -> bool:
     """Whether :func:`tune_cpu_allocator` has run in this process and took effect (without running it)."""
     return tune_cpu_allocator.cache_info().currsize > 0 and tune_cpu_allocator()
+
+
+def tune_openmp() -> dict[str, str]:
+    """Set :data:`OPENMP_ENV` where the environment leaves it unset, before torch is imported (after,
+    OpenMP has read it: nothing changes). Returns what it set; ``graft`` calls it at start."""
+    if "torch" in sys.modules or os.environ.get("GRAFTKIT_OPENMP", "") == "default":
+        return {}
+    chosen = {name: value for name, value in OPENMP_ENV.items() if name not in os.environ}
+    os.environ.update(chosen)
+    return chosen
+
+
+def env_threads() -> int | None:
+    """The thread count OMP_NUM_THREADS or MKL_NUM_THREADS asks for (None when neither is a number)."""
+    for name in THREAD_ENV_NAMES:
+        value = os.environ.get(name, "").split(",")[0].strip()
+        if value.isdigit() and int(value) > 0:
+            return int(value)
+    return None
+
+
+@functools.cache
+def physical_cores() -> int:
+    """Physical cores as PyTorch counts them for its default thread count (/proc/cpuinfo's distinct
+    (physical id, core id) pairs; the logical CPU count where that file is missing)."""
+    try:
+        text = open("/proc/cpuinfo").read()
+    except OSError:
+        return os.cpu_count() or 1
+    cores, package = set(), "0"
+    for line in text.splitlines():
+        key, _, value = line.partition(":")
+        if key.strip() == "physical id":
+            package = value.strip()
+        elif key.strip() == "core id":
+            cores.add((package, value.strip()))
+    return len(cores) or os.cpu_count() or 1

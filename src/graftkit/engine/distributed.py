@@ -22,7 +22,7 @@ import torch
 from torch import nn
 
 from ..errors import ConfigError, GraftError
-from .runtime import resolve_device
+from .runtime import LAUNCHER_THREADS, resolve_device
 
 T = TypeVar("T")
 
@@ -221,7 +221,8 @@ def launch(nproc: int, argv: Sequence[str]) -> None:
     from torch.distributed import run as torchrun
     from torch.distributed.elastic.multiprocessing.errors import ChildFailedError
 
-    os.environ.setdefault("OMP_NUM_THREADS", str(max(1, usable_cores() // nproc)))  # this launcher's own children
+    if "OMP_NUM_THREADS" not in os.environ:  # this launcher's own children; a rank's share is its default
+        os.environ["OMP_NUM_THREADS"] = os.environ[LAUNCHER_THREADS] = str(max(1, usable_cores() // nproc))
     args = torchrun.parse_args(["--standalone", "--nproc-per-node", str(nproc), "--monitor-interval", "0.5",
                                 "-m", "graftkit", *argv])
     try:

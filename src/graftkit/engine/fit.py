@@ -39,7 +39,7 @@ from .fusion import fold_frozen_batchnorm
 from .loop import TrainingDiverged, evaluate, train_one_epoch
 from .prepare import TrainingData, prepare
 from .progress import ProgressReporter
-from .runtime import autocast_for, seed_everything
+from .runtime import autocast_for, phase_threads, seed_everything, torch_threads
 from .tracking import NO_TRACKER, Observers, Tracker, build_tracker, require_tracker
 
 class Interrupted(GraftError):
@@ -203,6 +203,7 @@ def _train(cfg: TrainConfig, data: TrainingData, model: Classifier, device: torc
                 net, train_batches, val_batches = data.batches_for(phase, model, device, precision, report)
                 setup_seconds = time.perf_counter() - epoch_start  # feature caching counts to the phase
                 head_only = isinstance(net, TailModel) and net.cut == backbone.num_stages
+                threads = phase_threads(head_only, data.head_batch_size, backbone.num_features)
                 # MixUp/CutMix need whole images: not on cached features
                 mix = None if isinstance(net, TailModel) else build_batch_mix(cfg.mixup, cfg.cutmix,
                                                                               len(scan.classes))
@@ -224,8 +225,9 @@ def _train(cfg: TrainConfig, data: TrainingData, model: Classifier, device: torc
                                  average)
                 checkpoint_epoch, last_checkpoint = epoch, time.perf_counter()
             try:
-                row = _train_epoch(cfg, model, net, phase, phase_epoch, epoch, train_batches, val_batches,
-                                   optimizer, loss_fn, device, autocast, report, trained, world, mix, average)
+                with torch_threads(threads):  # one thread for a small head, restored after the epoch
+                    row = _train_epoch(cfg, model, net, phase, phase_epoch, epoch, train_batches, val_batches,
+                                       optimizer, loss_fn, device, autocast, report, trained, world, mix, average)
                 check_divergence(row, len(scan.classes))
             except TrainingDiverged as exc:
                 if best_state is None:

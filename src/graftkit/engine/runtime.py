@@ -1,11 +1,13 @@
 """Per-run runtime choices: the device, seeding, batch sizes, precision and its autocast.
 
 Nothing here changes the process beyond the run (the allocator tuning of ``graft`` is in
-:mod:`graftkit.hardware`, opt-in from the API).
+:mod:`graftkit.hardware`, opt-in from the API): a phase's thread count is set for the phase and
+restored after it (:func:`torch_threads`).
 """
 from __future__ import annotations
 
 import contextlib
+import os
 import random
 from pathlib import Path
 from typing import Callable
@@ -15,6 +17,15 @@ import torch
 
 from ..config import TrainConfig
 from ..errors import ConfigError
+from ..hardware import env_threads, physical_cores
+
+# A head step on cached features (batch x feature width floats) is too small to share between
+# threads: each parallel region costs more in waking and waiting than it saves, and with another
+# process on the cores every region waits for a descheduled thread. Measured on 2 cores (load ~3-12),
+# one thread was 4-16x faster per step at every size up to 1024 x 1280 (BENCHMARKS.md, contention).
+HEAD_ONE_THREAD_MAX = 1 << 21
+# graft train --nproc's launcher sets OMP_NUM_THREADS to each rank's share of the cores and names it here
+LAUNCHER_THREADS = "GRAFTKIT_RANK_THREADS"
 
 
 def resolve_device(name: str) -> torch.device:
@@ -70,3 +81,41 @@ def cpu_has_native_bf16() -> bool:
     except OSError:
         return False
     return any(flag in flags for flag in ("avx512_bf16", "amx_bf16"))
+
+
+def user_threads() -> int | None:
+    """The intra-op thread count the user chose (OMP_NUM_THREADS / MKL_NUM_THREADS, or a
+    ``torch.set_num_threads`` that differs from PyTorch's default); None when the process runs with
+    the default. Under ``graft train --nproc`` a rank's share of the cores is its default."""
+    launcher = os.environ.get(LAUNCHER_THREADS)
+    by_launcher = launcher is not None and launcher == os.environ.get("OMP_NUM_THREADS")
+    if not by_launcher and env_threads() is not None:
+        return env_threads()
+    current = torch.get_num_threads()
+    return None if current == (int(launcher) if by_launcher else physical_cores()) else current
+
+
+def phase_threads(head_only: bool, batch_size: int, width: int) -> int | None:
+    """The intra-op threads a training phase runs with; None keeps the process's count.
+
+    A head trained on cached pooled features (``head_only``) gets one thread while its step is small
+    (``batch_size * width <= HEAD_ONE_THREAD_MAX``); a phase that runs backbone stages keeps every
+    core (measured: BENCHMARKS.md, contention). A count the user chose is never changed."""
+    if not head_only or batch_size * width > HEAD_ONE_THREAD_MAX or user_threads() is not None:
+        return None
+    return 1
+
+
+@contextlib.contextmanager
+def torch_threads(count: int | None):
+    """Run the block with ``count`` intra-op threads and restore the previous count after it
+    (None: leave the count alone)."""
+    before = torch.get_num_threads()
+    if count is None or count == before:
+        yield
+        return
+    torch.set_num_threads(count)
+    try:
+        yield
+    finally:
+        torch.set_num_threads(before)

@@ -37,6 +37,9 @@ def worst_predictions(predictions: Sequence[dict[str, Any]], count: int) -> list
     return sorted(predictions, key=lambda r: (r["true_class_probability"], r["path"]))[:count]
 
 
+NON_NEGATIVE = (0.0, math.inf)  # bounds of a quantity that cannot be negative (seconds, a loss)
+
+
 def t_quantile(confidence: float, df: int) -> float:
     from scipy.stats import t
 
@@ -94,12 +97,12 @@ def summarize_comparison(runs: dict[str, list[RunFiles]]) -> dict[str, Any]:
             "val_accuracy": {**mean_interval(accuracies, bounds=(0.0, 1.0)), "per_seed": accuracies},
             "last_epoch_val_accuracy": mean_interval([r.history[-1]["val_accuracy"] for r in rs if r.history],
                                                      bounds=(0.0, 1.0)),
-            "val_loss": mean_interval([float(r.metrics["val_loss"]) for r in rs]),
+            "val_loss": mean_interval([float(r.metrics["val_loss"]) for r in rs], bounds=NON_NEGATIVE),
             "time_to_target_seconds": {
                 "mean": float(np.mean(reached_seconds)) if reached_seconds else None,
                 "per_seed": [s for s, _ in reached], "reached": f"{len(reached_seconds)}/{len(rs)}"},
             "epochs_to_target": [e for _, e in reached],
-            "seconds": {**mean_interval(seconds), "per_seed": seconds},
+            "seconds": {**mean_interval(seconds, bounds=NON_NEGATIVE), "per_seed": seconds},
             "epochs": [len(r.history) for r in rs],
             "best_epoch": [r.metrics.get("best_epoch") for r in rs],
             "best_phase": [r.metrics.get("best_phase") for r in rs],
