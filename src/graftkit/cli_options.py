@@ -43,6 +43,10 @@ Device = Annotated[str, typer.Option(help="auto | cpu | cuda.")]
 Precision = Annotated[str, typer.Option(help="auto | fp32 | bf16 (autocast).")]
 Cache = Annotated[bool, typer.Option(help="--no-cache: decode and recompute everything in this run only.")]
 CacheDir = Annotated[Optional[Path], typer.Option(help="Cache folder.")]
+Balance = Annotated[str, typer.Option(
+    help="Class imbalance: none | weights (inverse-frequency loss weights) | sampler (class-balanced "
+         "sampling) | auto (weights when the largest train class has >= 3x the images of the smallest). "
+         "On imbalanced data the best epoch is chosen by balanced accuracy.")]
 Quiet = Annotated[bool, typer.Option("--quiet", "-q", help="Print only the result.")]
 Plain = Annotated[bool, typer.Option(help="One line per epoch, no progress bar.")]
 
@@ -54,7 +58,7 @@ PANELS = {
     "Data": ("val_fraction", "seed", "split_seed", "skip_bad_images"),
     "Model": ("strategy", "backbone", "pretrained", "weights", "image_size", "freeze", "dropout", "train_bn"),
     "Schedule": ("epochs", "head_epochs", "finetune_epochs", "lr", "finetune_lr", "stage_lr_decay", "weight_decay",
-                 "label_smoothing", "lr_find", "max_seconds", "budget_epochs", "budget_minutes", "seeds",
+                 "label_smoothing", "balance", "lr_find", "max_seconds", "budget_epochs", "budget_minutes", "seeds",
                  "strategies"),
     "Augmentation": ("augment", "mixup", "cutmix", "cache_views"),
     "Scarce labels": ("unlabeled", "pseudo_label", "rounds", "threshold", "class_quantile", "max_ratio",
