@@ -6,7 +6,7 @@ each `--balance` mode and the same seed, scored on that val. Prints the balanced
 mean with its 95 % Student-t interval per mode, and the paired difference of each mode to `none`.
 
     python benchmarks/long_tail_balance.py [--seeds 0,1,2] [--modes none,auto] [--ratio 10]
-        [--data flower_photos_1250] [--train-args "--epochs 6"]
+        [--data flower_photos_1250] [--train-args "--epochs 6"] [--cache-dir DIR]
 """
 from __future__ import annotations
 
@@ -35,9 +35,11 @@ def main() -> None:
     parser.add_argument("--seeds", default="0,1,2")
     parser.add_argument("--modes", default="none,auto")
     parser.add_argument("--train-args", default="", help="More `graft train` flags, e.g. '--epochs 6'.")
+    parser.add_argument("--cache-dir", help="graftkit's cache folder (default: a new one under the work folder).")
     args = parser.parse_args()
     seeds, modes = [int(s) for s in args.seeds.split(",")], args.modes.split(",")
     work = fresh_dir("long-tail")
+    cache = args.cache_dir or str(work / "cache")
     scores: dict[str, list[float]] = {m: [] for m in modes}
     rows = []
     for seed in seeds:
@@ -48,7 +50,7 @@ def main() -> None:
         for mode in modes:
             out = work / f"run-{seed}-{mode}"
             seconds, _ = run_timed(graft("train", str(data), "--balance", mode, "--seed", str(seed), "--out", str(out),
-                                         "--cache-dir", str(work / "cache"), "--quiet", *shlex.split(args.train_args)))
+                                         "--cache-dir", cache, "--quiet", *shlex.split(args.train_args)))
             metrics = read_metrics(out)
             scores[mode].append(metrics["val_balanced_accuracy"])
             rows.append([seed, mode, metrics["balance"]["method"], f"{metrics['val_balanced_accuracy']:.4f}",

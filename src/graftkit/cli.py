@@ -359,6 +359,8 @@ def evaluate(model: Annotated[Path, typer.Argument(help="Run folder (or its mode
     console = Console()
     typer.echo(f"accuracy {result['accuracy']:.4f} on {result['num_images']} images ({result['scored']}), "
                f"loss {result['loss']:.4f} (before calibration, as training's val_loss)")  # one line: it names the folder
+    typer.echo(f"balanced accuracy {result['balanced_accuracy']:.4f} (mean recall per class), "
+               f"macro-F1 {result['macro_f1']:.4f}")
     table = Table("class", "precision", "recall", "f1", "support")
     for cls, m in result["per_class"].items():
         table.add_row(cls, f"{m['precision']:.3f}", f"{m['recall']:.3f}", f"{m['f1']:.3f}", str(m["support"]))
