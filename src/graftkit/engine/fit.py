@@ -29,7 +29,6 @@ from ..errors import ConfigError, GraftError
 from ..fileio import refuse_out_inside_data
 from ..heads import Classifier
 from ..strategies import Phase, build_optimizer, build_phases, phase_at, set_learning_rates, warmup_cosine
-from .balance import build_loss
 from .checkpoint import (CHECKPOINT_NAME, atomic_write_text, capture_rng, load_checkpoint, load_model,
                          restore_rng, save_checkpoint, save_model)
 from .confidence import fit_confidence
@@ -182,7 +181,7 @@ def _train(cfg: TrainConfig, data: TrainingData, model: Classifier, device: torc
     phases = build_phases(cfg, backbone.num_stages)
     optimizer = build_optimizer(model, cfg.weight_decay)
     balance = data.balance
-    loss_fn = build_loss(balance, data.train_labels, len(scan.classes), cfg.label_smoothing).to(device)
+    loss_fn = data.build_loss().to(device)
     report.message(f"{cfg.strategy} · {backbone.name} ({'pretrained' if backbone.pretrained else 'random init'}) "
                    f"· {len(scan.classes)} classes · {len(scan.train)} train / {len(scan.val)} val images "
                    f"· {data.image_size}px · {device.type} {precision}{world.describe()} · {_epochs_text(cfg)} · decoded "

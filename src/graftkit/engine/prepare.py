@@ -22,7 +22,7 @@ from ..data.split_file import apply_split_file
 from ..errors import ConfigError
 from ..heads import Classifier
 from ..strategies import Phase
-from .balance import resolve_balance, sample_weights
+from .balance import build_loss, resolve_balance, sample_weights
 from .distributed import World
 from .features import FeatureBatches, TailModel, fill_features, open_feature_store
 from .progress import ProgressReporter
@@ -49,6 +49,11 @@ class TrainingData:
         self.sample_weights = (sample_weights(self.train_labels, len(scan.classes))
                                if self.balance.method == "sampler" else None)
         self._check_parts()
+
+    def build_loss(self) -> nn.Module:
+        """The training loss: cross-entropy with the config's label smoothing, weighted by class under
+        ``--balance weights`` (or ``auto`` on imbalanced data)."""
+        return build_loss(self.balance, self.train_labels, len(self.scan.classes), self.cfg.label_smoothing)
 
     def _check_parts(self) -> None:
         """Every rank needs images in every part of every batch (a batch runs as ``accumulate`` parts
