@@ -49,8 +49,7 @@ def subsample_command(
     seed: int = typer.Option(0, help="Which images (and, with --long-tail, which classes) are picked."),
     val_fraction: float = typer.Option(_D["val_fraction"], help="Held out per class when there is no val/."),
 ) -> None:
-    """Make OUT/train/<class>/ (N per class, or a long tail), OUT/val/ (all of it) and OUT/unlabeled/ (the
-    rest), as links."""
+    """Make OUT/train/<class>/ (N per class or a long tail), OUT/val/ and OUT/unlabeled/ (the rest), as links."""
     from .fileio import refuse_out_inside_data
     from .scarce import parse_per_class, subsample
 
