@@ -182,3 +182,27 @@ def test_real_balanced_datasets_stay_below_the_auto_threshold(name):
     scan = scan_data(SHARED_DATASETS / name, verify=False)
     labels = [s.label for s in scan.train]
     assert resolve_balance("auto", labels, len(scan.classes)).method == "none"
+
+
+@pytest.mark.slow
+def test_sampler_under_two_torchrun_ranks_trains_as_one_process(tmp_path):
+    """``--balance sampler --nproc 2`` (gloo) against one process with ``--accumulate 2``: every rank
+    draws the same class-balanced order and takes its share, so the weights agree."""
+    from safetensors.torch import load_file
+
+    from .test_distributed import EXACT, WEIGHT_ATOL
+
+    data = tmp_path / "data"
+    for i, (name, rgb, count) in enumerate([("red", (210, 40, 40), 12), ("green", (40, 210, 40), 4),
+                                             ("blue", (40, 40, 210), 3)]):
+        write_color_images(data / "train" / name, rgb, count, seed=i)
+        write_color_images(data / "val" / name, rgb, 3, seed=10 + i)
+    runs = {}
+    for name, extra in (("one", ["--accumulate", "2"]), ("two", ["--nproc", "2"])):
+        result = graft("train", str(data), *EXACT, "--balance", "sampler", *extra, "--out", str(tmp_path / name),
+                       "--cache-dir", str(tmp_path / f"cache-{name}"))
+        assert result.returncode == 0, result.stderr
+        runs[name] = load_file(tmp_path / name / "model.safetensors")
+    for name, tensor in runs["one"].items():
+        torch.testing.assert_close(runs["two"][name], tensor, rtol=1e-4, atol=WEIGHT_ATOL, msg=name)
+    assert json.loads((tmp_path / "two" / "metrics.json").read_text())["balance"]["method"] == "sampler"
