@@ -277,9 +277,10 @@ def _train(cfg: TrainConfig, data: TrainingData, model: Classifier, device: torc
         atomic_write_text(out_dir / "metrics.json", json.dumps(metrics, indent=2))
     world.barrier()
     tracker.on_run_end(metrics)
-    balanced = f", balanced accuracy {metrics['val_balanced_accuracy']:.4f}" if balance.imbalanced else ""
+    balanced, by = ((f", balanced accuracy {metrics['val_balanced_accuracy']:.4f}", ", by balanced accuracy")
+                    if balance.imbalanced else ("", ""))
     report.message(f"val_accuracy {metrics['val_accuracy']:.4f}{balanced} (best epoch {metrics['best_epoch']}, "
-                   f"{metrics['best_phase']}{', by balanced accuracy' if balance.imbalanced else ''}) in {metrics['seconds_total']:.0f}s → {out_dir}")
+                   f"{metrics['best_phase']}{by}) in {metrics['seconds_total']:.0f}s → {out_dir}")
     return Run(out_dir, cfg, scan.classes, metrics, history, model)
 
 
