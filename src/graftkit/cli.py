@@ -167,6 +167,7 @@ def train(
     stage_lr_decay: float = typer.Option(_D["stage_lr_decay"], help="LR factor per stage going down."),
     weight_decay: float = typer.Option(_D["weight_decay"]),
     label_smoothing: float = typer.Option(_D["label_smoothing"]),
+    balance: opt.Balance = _D["balance"],
     dropout: float = typer.Option(_D["dropout"], help="Dropout before the new head."),
     ema: opt.Ema = _D["ema"],
     ema_decay: opt.EmaDecay = _D["ema_decay"],
@@ -255,7 +256,7 @@ def train(
                       weights=weights, image_size=image_size, epochs=epochs, head_epochs=head_epochs,
                       finetune_epochs=finetune_epochs, freeze=freeze_depth, freeze_auto=freeze_auto, lr=lr, finetune_lr=finetune_lr,
                       stage_lr_decay=stage_lr_decay, weight_decay=weight_decay,
-                      label_smoothing=label_smoothing, dropout=dropout, ema=ema, ema_decay=ema_decay,
+                      label_smoothing=label_smoothing, balance=balance, dropout=dropout, ema=ema, ema_decay=ema_decay,
                       train_bn=train_bn, fold_bn=fold_bn,
                       batch_size=batch_size, augment=augment, val_fraction=val_fraction, seed=seed,
                       split_seed=split_seed, skip_bad_images=skip_bad_images, device=device, num_workers=num_workers,
@@ -401,6 +402,8 @@ def evaluate(model: Annotated[Path, typer.Argument(help="Run folder (or its mode
     typer.echo(f"accuracy {result['accuracy']:.4f} on {result['num_images']} images ({result['scored']}), "
                f"loss {result['loss']:.4f} (before calibration, as training's val_loss)"  # one line: it names the folder
                + (f", test-time augmentation: {result['tta']}" if result["tta"] else ""))
+    typer.echo(f"balanced accuracy {result['balanced_accuracy']:.4f} (mean recall per class), "
+               f"macro-F1 {result['macro_f1']:.4f}")
     table = Table("class", "precision", "recall", "f1", "support")
     for cls, m in result["per_class"].items():
         table.add_row(cls, f"{m['precision']:.3f}", f"{m['recall']:.3f}", f"{m['f1']:.3f}", str(m["support"]))

@@ -57,6 +57,10 @@ Tta = Annotated[bool, typer.Option(
                   "mirror image (docs/tta-ema.md).")]
 TtaCrops = Annotated[int, typer.Option(help="--tta: 5 also averages the four corner crops and their mirror "
                                             "images (10 views, 5x the time of 2).")]
+Balance = Annotated[str, typer.Option(
+    help="Class imbalance: none | weights (inverse-frequency loss weights) | sampler (class-balanced "
+         "sampling) | auto (weights when the largest train class has >= 3x the images of the smallest). "
+         "On imbalanced data the best epoch is chosen by balanced accuracy.")]
 Quiet = Annotated[bool, typer.Option("--quiet", "-q", help="Print only the result.")]
 Plain = Annotated[bool, typer.Option(help="One line per epoch, no progress bar.")]
 
@@ -68,8 +72,8 @@ PANELS = {
     "Data": ("val_fraction", "seed", "split_seed", "skip_bad_images"),
     "Model": ("strategy", "backbone", "pretrained", "weights", "image_size", "freeze", "dropout", "train_bn"),
     "Schedule": ("epochs", "head_epochs", "finetune_epochs", "lr", "finetune_lr", "stage_lr_decay", "weight_decay",
-                 "label_smoothing", "ema", "ema_decay", "lr_find", "time_limit", "max_seconds", "budget_epochs",
-                 "budget_minutes", "seeds", "strategies"),
+                 "label_smoothing", "balance", "ema", "ema_decay", "lr_find", "time_limit", "max_seconds",
+                 "budget_epochs", "budget_minutes", "seeds", "strategies"),
     "Augmentation": ("augment", "mixup", "cutmix", "cache_views"),
     "Scarce labels": ("unlabeled", "pseudo_label", "rounds", "threshold", "class_quantile", "max_ratio",
                       "max_per_class"),

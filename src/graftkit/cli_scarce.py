@@ -40,22 +40,31 @@ def train_pseudo_label(cfg: TrainConfig, unlabeled: Optional[Path], pseudo_label
 
 def subsample_command(
     data_dir: Annotated[Path, typer.Argument(help="Dataset: train/ + val/, or class folders.")],
-    per_class: str = typer.Option(..., help="Labelled images kept per class (a number, or 'all')."),
+    per_class: Optional[str] = typer.Option(None, help="Labelled images kept per class (a number, or 'all')."),
+    long_tail: Optional[float] = typer.Option(None, help="Instead of --per-class: a long-tailed train split whose "
+                                              "largest class has RATIO times the images of the smallest "
+                                              "(exponential profile over the classes in a seeded order).",
+                                              metavar="RATIO"),
     out: Path = typer.Option(..., "--out", help="New folder for train/, val/ and unlabeled/."),
-    seed: int = typer.Option(0, help="Which images are picked."),
+    seed: int = typer.Option(0, help="Which images (and, with --long-tail, which classes) are picked."),
     val_fraction: float = typer.Option(_D["val_fraction"], help="Held out per class when there is no val/."),
 ) -> None:
-    """Make OUT/train/<class>/ (N per class), OUT/val/ and OUT/unlabeled/ (the rest), as links."""
+    """Make OUT/train/<class>/ (N per class or a long tail), OUT/val/ and OUT/unlabeled/ (the rest), as links."""
     from .fileio import refuse_out_inside_data
     from .scarce import parse_per_class, subsample
 
-    sizes = parse_per_class(per_class)
+    if (per_class is None) == (long_tail is None):
+        raise GraftError("subsample takes one of --per-class N or --long-tail RATIO.")
+    sizes = [None] if per_class is None else parse_per_class(per_class)
     if len(sizes) != 1:
         raise GraftError("subsample takes one --per-class size; label-efficiency takes several.")
     refuse_out_inside_data(out, data_dir)
-    result = subsample(data_dir, sizes[0], out, seed=seed, val_fraction=val_fraction)
+    result = subsample(data_dir, sizes[0], out, seed=seed, val_fraction=val_fraction, long_tail=long_tail)
     for warning in result.warnings:
         typer.echo(f"warning: {warning}")
+    if result.long_tail is not None:
+        profile = ", ".join(f"{c} {n}" for c, n in result.long_tail["profile"].items())
+        typer.echo(f"long tail {long_tail:g}×: {profile} (train images per class; in subsample.json)")
     typer.echo(f"{out}: train {sum(result.train_counts.values())}, val {sum(result.val_counts.values())}, "
                f"unlabeled {sum(result.unlabeled_counts.values())} images (files placed by: {result.link_method})")
 

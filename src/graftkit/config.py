@@ -18,6 +18,7 @@ DEVICES = ("auto", "cpu", "cuda")
 PROGRESS = ("auto", "bar", "plain", "none")
 PRECISIONS = ("auto", "fp32", "bf16")
 TRACKERS = ("mlflow", "tensorboard")
+BALANCES = ("none", "weights", "sampler", "auto")
 MAX_IMAGE_SIZE = 1024    # --image-size: a 1024 px input is decoded and cached at 1170 px (4 MB a row)
 MAX_CACHE_VIEWS = 64     # --cache-views: one backbone pass per view and training image
 MAX_SEED = 2**63 - 1     # --seed, --split-seed: what torch.manual_seed takes
@@ -67,6 +68,7 @@ class TrainConfig:
     weight_decay: float = 0.01
     warmup_fraction: float = 0.1   # of each phase's steps, then cosine to zero
     label_smoothing: float = 0.1
+    balance: str = "auto"          # class imbalance: none | weights (loss) | sampler | auto (on at max/min >= 3x)
     dropout: float = 0.2
     ema: bool = False              # validate and keep an exponential moving average of the weights (engine.ema)
     ema_decay: float = 0.99        # --ema: the average's decay per step, reached after timm's warm-up
@@ -113,6 +115,7 @@ class TrainConfig:
         _choice("device", self.device, DEVICES)
         _choice("progress", self.progress, PROGRESS)
         _choice("precision", self.precision, PRECISIONS)
+        _choice("balance", self.balance, BALANCES)
         if self.track is not None:
             _choice("track", self.track, TRACKERS)
         if self.accumulate < 1:

@@ -5,21 +5,28 @@ from typing import Callable, Iterator, Sequence
 
 import numpy as np
 import torch
-from torch.utils.data import DataLoader, Dataset
+from torch.utils.data import DataLoader, Dataset, WeightedRandomSampler
 
 from .decoded import DecodedImages
 from .transforms import make_view
 
 
 def batch_order(num_items: int, batch_size: int, shuffle: bool, generator: torch.Generator | None,
-                drop_last: bool, shard: tuple[int, int] = (0, 1)) -> list[list[int]]:
+                drop_last: bool, shard: tuple[int, int] = (0, 1),
+                sample_weights: torch.Tensor | None = None) -> list[list[int]]:
     """Index batches for one epoch; shuffled with ``generator`` (the global RNG is not touched).
+
+    ``sample_weights`` (``(num_items,)``, with ``shuffle``): the epoch is ``num_items`` draws with
+    replacement in proportion to them (a class-balanced sampler), from the same ``generator``.
 
     ``shard=(rank, world_size)``: every rank draws the same global batches and keeps every
     ``world_size``-th index of each, so the ranks' parts of a step are disjoint and together are
     exactly the batch a single process trains on (distributed data parallel).
     """
-    order = torch.randperm(num_items, generator=generator).tolist() if shuffle else list(range(num_items))
+    if shuffle and sample_weights is not None:
+        order = list(WeightedRandomSampler(sample_weights, num_items, replacement=True, generator=generator))
+    else:
+        order = torch.randperm(num_items, generator=generator).tolist() if shuffle else list(range(num_items))
     batches = [order[i:i + batch_size] for i in range(0, num_items, batch_size)]
     if drop_last and len(batches) > 1 and len(batches[-1]) < batch_size:
         batches.pop()
@@ -77,8 +84,10 @@ class ImageBatches:
 
     def __init__(self, dataset: DecodedDataset, batch_size: int, shuffle: bool = False, seed: int = 0,
                  drop_last: bool = False, num_views: int | None = None, num_workers: int = 0,
-                 pin_memory: bool = False, shard: tuple[int, int] = (0, 1)) -> None:
+                 pin_memory: bool = False, shard: tuple[int, int] = (0, 1),
+                 sample_weights: torch.Tensor | None = None) -> None:
         self.dataset, self.batch_size, self.shuffle, self.seed = dataset, batch_size, shuffle, seed
+        self.sample_weights = sample_weights
         self.drop_last, self.num_views, self.shard = drop_last, num_views, shard
         self.num_workers, self.pin_memory = num_workers, pin_memory
         self.generator = torch.Generator().manual_seed(seed)
@@ -100,7 +109,7 @@ class ImageBatches:
 
     def __iter__(self) -> Iterator[tuple[torch.Tensor, torch.Tensor]]:
         batches = batch_order(len(self.dataset), self.batch_size, self.shuffle, self.generator, self.drop_last,
-                              self.shard)
+                              self.shard, self.sample_weights)
         if self.num_workers > 0:
             loader = DataLoader(self.dataset, batch_sampler=batches, num_workers=self.num_workers,
                                 pin_memory=self.pin_memory, persistent_workers=False,

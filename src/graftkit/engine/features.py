@@ -109,8 +109,9 @@ class FeatureBatches:
 
     def __init__(self, store: ArrayStore, keys: Sequence[str], labels: Sequence[int], batch_size: int,
                  shuffle: bool = False, seed: int = 0, drop_last: bool = False,
-                 num_views: int | None = None, shard: tuple[int, int] = (0, 1)) -> None:
-        self.store, self.keys, self.shard = store, list(keys), shard
+                 num_views: int | None = None, shard: tuple[int, int] = (0, 1),
+                 sample_weights: torch.Tensor | None = None) -> None:
+        self.store, self.keys, self.shard, self.sample_weights = store, list(keys), shard, sample_weights
         self.labels = torch.tensor(list(labels))
         self.batch_size, self.shuffle, self.seed, self.drop_last = batch_size, shuffle, seed, drop_last
         self.num_views = num_views
@@ -131,7 +132,7 @@ class FeatureBatches:
 
     def __iter__(self) -> Iterator[tuple[torch.Tensor, torch.Tensor]]:
         for indices in batch_order(len(self.keys), self.batch_size, self.shuffle, self.generator,
-                                   self.drop_last, self.shard):
+                                   self.drop_last, self.shard, self.sample_weights):
             rows = self.store.get([f"{self.keys[i]}:{self.views[i]}" for i in indices])
             yield torch.from_numpy(rows).float(), self.labels[indices]
 

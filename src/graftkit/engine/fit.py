@@ -181,11 +181,14 @@ def _train(cfg: TrainConfig, data: TrainingData, model: Classifier, device: torc
     scan, backbone = data.scan, model.backbone
     phases = build_phases(cfg, backbone.num_stages)
     optimizer = build_optimizer(model, cfg.weight_decay)
-    loss_fn = nn.CrossEntropyLoss(label_smoothing=cfg.label_smoothing)
+    balance = data.balance
+    loss_fn = data.build_loss().to(device)
     report.message(f"{cfg.strategy} · {backbone.name} ({'pretrained' if backbone.pretrained else 'random init'}) "
                    f"· {len(scan.classes)} classes · {len(scan.train)} train / {len(scan.val)} val images "
                    f"· {data.image_size}px · {device.type} {precision}{world.describe()} · {_epochs_text(cfg)} · decoded "
                    f"{data.decoded.decoded_now} new image(s) → {out_dir}")
+    if balance.describe():
+        report.message(balance.describe())
     meta = model_meta(cfg, model, scan.classes, data.image_size, precision)
     state = _restore(cfg, out_dir, scan.classes, model, optimizer, report, world.is_main)
     history, best, best_state, resumed = state["history"], state["best"], state["best_state"], state["resumed"]
@@ -246,7 +249,7 @@ def _train(cfg: TrainConfig, data: TrainingData, model: Classifier, device: torc
                 with (out_dir / "history.jsonl").open("a") as f:
                     f.write(json.dumps(row) + "\n")
             tracker.on_epoch_end(row)
-            improved = (row["val_accuracy"], -row["val_loss"]) > (best["val_accuracy"], -best["val_loss"])
+            improved = _better(row, best, balance.best_by)
             if improved:
                 with _evaluated_weights(average):  # with --ema: the averaged weights, which were validated
                     best, best_state = {**row}, copy.deepcopy(model.state_dict())
@@ -258,9 +261,10 @@ def _train(cfg: TrainConfig, data: TrainingData, model: Classifier, device: torc
                 _save_checkpoint(out_dir, epoch, model, optimizer, history, best, scan.classes, train_batches, world,
                                  average)
                 checkpoint_epoch, last_checkpoint = epoch, time.perf_counter()
+            balanced = f" bal_acc {row['val_balanced_accuracy']:.4f}" if balance.imbalanced else ""
             report.end_epoch(f"epoch {epoch:>2}/{cfg.total_epochs} {phase.name:<8} "
                              f"train_loss {row['train_loss']:.4f} val_loss {row['val_loss']:.4f} "
-                             f"val_acc {row['val_accuracy']:.4f} {time.perf_counter() - epoch_start:6.1f}s"
+                             f"val_acc {row['val_accuracy']:.4f}{balanced} {time.perf_counter() - epoch_start:6.1f}s"
                              f"{'  *best' if improved else ''}")
             if cfg.max_seconds is not None and epoch < cfg.total_epochs and \
                     world.agree(time.perf_counter() - started >= cfg.max_seconds):  # the wall-clock budget is spent
@@ -273,6 +277,7 @@ def _train(cfg: TrainConfig, data: TrainingData, model: Classifier, device: torc
     model.load_state_dict(best_state)
     with capture_pooled(model) as val_features:
         metrics, final = _final_metrics(cfg, data, model, device, precision, phases, history, best, diverged, started)
+    metrics["balance"] = balance.to_dict()
     metrics["stopped_early"], metrics["world_size"], metrics["accumulate"] = stopped, world.size, cfg.accumulate
     metrics["ema"] = {"decay": cfg.ema_decay, "best_weights": best.get("weights", "raw")} if cfg.ema else None
     features = world.gather(torch.cat(val_features))  # each rank pooled its share of the val images
@@ -283,8 +288,10 @@ def _train(cfg: TrainConfig, data: TrainingData, model: Classifier, device: torc
         atomic_write_text(out_dir / "metrics.json", json.dumps(metrics, indent=2))
     world.barrier()
     tracker.on_run_end(metrics)
-    report.message(f"val_accuracy {metrics['val_accuracy']:.4f} (best epoch {metrics['best_epoch']}, "
-                   f"{metrics['best_phase']}) in {metrics['seconds_total']:.0f}s → {out_dir}")
+    balanced, by = ((f", balanced accuracy {metrics['val_balanced_accuracy']:.4f}", ", by balanced accuracy")
+                    if balance.imbalanced else ("", ""))
+    report.message(f"val_accuracy {metrics['val_accuracy']:.4f}{balanced} (best epoch {metrics['best_epoch']}, "
+                   f"{metrics['best_phase']}{by}) in {metrics['seconds_total']:.0f}s → {out_dir}")
     return Run(out_dir, cfg, scan.classes, metrics, history, model)
 
 
@@ -367,7 +374,8 @@ def _prepare_run_dir(cfg: TrainConfig, data: TrainingData, report: ProgressRepor
 def _restore(cfg: TrainConfig, out_dir: Path, classes: list[str], model: Classifier,
              optimizer: torch.optim.Optimizer, report: ProgressReporter, write: bool = True) -> dict[str, Any]:
     """A fresh start, or the state of an interrupted run's last checkpoint (``--resume``)."""
-    state: dict[str, Any] = {"epoch": 0, "history": [], "best": {"val_accuracy": -1.0, "val_loss": float("inf")},
+    state: dict[str, Any] = {"epoch": 0, "history": [], "best": {"val_accuracy": -1.0, "val_balanced_accuracy": -1.0,
+                                                                  "val_loss": float("inf")},
                              "best_state": None, "resumed": None, "elapsed": 0.0}
     if cfg.resume:
         resumed = load_checkpoint(out_dir, classes)
@@ -397,7 +405,8 @@ def _final_metrics(cfg: TrainConfig, data: TrainingData, model: Classifier, devi
     for row in history:
         phase_seconds[row["phase"]] = phase_seconds.get(row["phase"], 0.0) + row["seconds"]
     return {
-        "val_accuracy": final["val_accuracy"], "val_loss": final["val_loss"], "best_epoch": best["epoch"],
+        "val_accuracy": final["val_accuracy"], "val_balanced_accuracy": final["val_balanced_accuracy"],
+        "val_macro_f1": final["val_macro_f1"], "val_loss": final["val_loss"], "best_epoch": best["epoch"],
         "best_phase": best["phase"], "best_epoch_val_accuracy": best["val_accuracy"],
         "final_epoch_val_accuracy": history[-1]["val_accuracy"],
         "classes": scan.classes, "num_train": len(scan.train), "num_val": len(scan.val),
@@ -420,6 +429,12 @@ def write_augment_grid(path: Path, data: TrainingData, cfg: TrainConfig) -> None
     squares = data.decoded.get([data.train_keys[i] for i in picked])
     save_augment_grid(path, list(squares), data.image_size, cfg.augment, mixup=cfg.mixup, cutmix=cfg.cutmix,
                       seed=cfg.seed, titles=[data.scan.classes[data.train_labels[i]] for i in picked])
+
+
+def _better(row: dict[str, Any], best: dict[str, Any], by: str) -> bool:
+    """Whether an epoch's row beats the best so far: by ``by`` (accuracy, or balanced accuracy on
+    imbalanced data), ties by the lower validation loss."""
+    return (row[by], -row["val_loss"]) > (best.get(by, -1.0), -best["val_loss"])
 
 
 def check_divergence(row: dict[str, Any], num_classes: int) -> None:
@@ -466,7 +481,9 @@ def _train_epoch(cfg: TrainConfig, model: Classifier, net: nn.Module, phase: Pha
                                      gather=world.gather)
     return {"phase": phase.name, "epoch": epoch + 1, "phase_epoch": phase_epoch + 1,
             "train_loss": train_stats["train_loss"], "train_accuracy": train_stats["train_accuracy"],
-            "val_loss": val_stats["val_loss"], "val_accuracy": val_stats["val_accuracy"], "lr": phase.lr,
+            "val_loss": val_stats["val_loss"], "val_accuracy": val_stats["val_accuracy"],
+            "val_balanced_accuracy": val_stats["val_balanced_accuracy"], "val_macro_f1": val_stats["val_macro_f1"],
+            "lr": phase.lr,
             "train_images": train_stats["images"],
             "seconds": time.perf_counter() - started, "train_images_per_second": train_stats["images_per_second"],
             **({"weights": "ema", "raw_val_loss": raw["val_loss"], "raw_val_accuracy": raw["val_accuracy"]}

@@ -93,7 +93,8 @@ def predict_logits(model: nn.Module, loader: Iterable, device: torch.device, cha
 
 def evaluate(model: nn.Module, loader: Iterable, device: torch.device, channels_last: bool = True,
              autocast: Callable = contextlib.nullcontext, gather: Callable = lambda rows: rows) -> dict:
-    """Validation loss (plain cross-entropy), accuracy, and the probabilities behind them; the
+    """Validation loss (plain cross-entropy), accuracy, balanced accuracy, macro-F1, and the
+    probabilities behind them; the
     figures come from :mod:`graftkit.metrics`, as ``graft evaluate``'s do.
 
     ``gather`` collects the rows of every rank's share of the images (distributed data parallel),
@@ -101,6 +102,9 @@ def evaluate(model: nn.Module, loader: Iterable, device: torch.device, channels_
     logits, labels = predict_logits(model, loader, device, channels_last, autocast)
     logits, labels = gather(logits), gather(labels)
     probs = logits.softmax(1)
+    preds = probs.argmax(1).numpy()
     return {"val_loss": metrics.log_loss(labels.numpy(), probs.numpy()),
-            "val_accuracy": metrics.accuracy(labels.numpy(), probs.argmax(1).numpy()), "probs": probs,
+            "val_accuracy": metrics.accuracy(labels.numpy(), preds),
+            "val_balanced_accuracy": metrics.balanced_accuracy(labels.numpy(), preds),
+            "val_macro_f1": metrics.macro_f1(labels.numpy(), preds), "probs": probs,
             "labels": labels, "logits": logits}

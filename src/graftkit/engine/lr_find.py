@@ -18,7 +18,6 @@ from pathlib import Path
 from typing import Any
 
 import numpy as np
-from torch import nn
 
 from ..config import TrainConfig
 from ..errors import ConfigError
@@ -122,7 +121,7 @@ def lr_range_test(cfg: TrainConfig, scan: Any = None, phase: str = "auto", start
         autocast = autocast_for(device, "fp32" if head_only else precision)
         optimizer = build_optimizer(model, cfg.weight_decay)
         multipliers = test_phase.lr_multipliers(backbone.num_stages)
-        loss_fn = nn.CrossEntropyLoss(label_smoothing=cfg.label_smoothing)
+        loss_fn = data.build_loss().to(device)  # as the run will train: weighted under --balance weights
         schedule = lr_schedule(start_lr, end_lr, num_steps)
         lrs, losses, smoothed = [], [], []
         average, best, stopped, epoch = 0.0, math.inf, "completed", 0

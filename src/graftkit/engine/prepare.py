@@ -22,6 +22,7 @@ from ..data.split_file import apply_split_file
 from ..errors import ConfigError
 from ..heads import Classifier
 from ..strategies import Phase
+from .balance import build_loss, resolve_balance, sample_weights
 from .distributed import World
 from .features import FeatureBatches, TailModel, fill_features, open_feature_store
 from .progress import ProgressReporter
@@ -44,7 +45,15 @@ class TrainingData:
         self.duplicates = [s.path for s, k in zip(scan.val, self.val_keys) if k in in_train]
         self.val_labels = [s.label for s in scan.val]
         self.label_conflicts = find_label_conflicts([*scan.train, *scan.val], [*self.train_keys, *self.val_keys])
+        self.balance = resolve_balance(cfg.balance, self.train_labels, len(scan.classes))
+        self.sample_weights = (sample_weights(self.train_labels, len(scan.classes))
+                               if self.balance.method == "sampler" else None)
         self._check_parts()
+
+    def build_loss(self) -> nn.Module:
+        """The training loss: cross-entropy with the config's label smoothing, weighted by class under
+        ``--balance weights`` (or ``auto`` on imbalanced data)."""
+        return build_loss(self.balance, self.train_labels, len(self.scan.classes), self.cfg.label_smoothing)
 
     def _check_parts(self) -> None:
         """Every rank needs images in every part of every batch (a batch runs as ``accumulate`` parts
@@ -78,7 +87,8 @@ class TrainingData:
                                        augment_key(cfg.augment), precision, cfg.fold_bn)
             self._fill_features(store, model, cut, num_views, train_tf, eval_tf, device, precision, report)
             train = FeatureBatches(store, self.train_keys, self.train_labels, batch_size, shuffle=True,
-                                   seed=cfg.seed, drop_last=drop_last, num_views=num_views, shard=self.world.shard)
+                                   seed=cfg.seed, drop_last=drop_last, num_views=num_views, shard=self.world.shard,
+                                   sample_weights=self.sample_weights)
             val = FeatureBatches(store, self.world.share(self.val_keys), self.world.share(self.val_labels),
                                  self.eval_batch_size)
             return TailModel(model, cut), train, val
@@ -86,7 +96,7 @@ class TrainingData:
         train = ImageBatches(DecodedDataset(self.decoded, self.train_keys, self.train_labels, train_tf, eval_tf),
                              batch_size, shuffle=True, seed=cfg.seed, drop_last=drop_last,
                              num_views=num_views, num_workers=cfg.num_workers, pin_memory=pin,
-                             shard=self.world.shard)
+                             shard=self.world.shard, sample_weights=self.sample_weights)
         val = self.val_batches(eval_tf, pin)
         return model, train, val
 

@@ -383,7 +383,8 @@ def metrics_section(run: RunFiles) -> str:
     m = run.metrics
     rows = [("validation accuracy (saved model)", f"{m.get('val_accuracy', 0):.4f}"),
             ("validation loss", f"{m.get('val_loss', 0):.4f}"),
-            ("best epoch", f"{m.get('best_epoch')} ({m.get('best_phase')})"),
+            *_balanced_rows(m),
+            ("best epoch", f"{m.get('best_epoch')} ({m.get('best_phase')}{_best_by(m)})"),
             ("last epoch's validation accuracy", f"{m.get('final_epoch_val_accuracy', 0):.4f}"),
             ("seconds in all", secs(m.get("seconds_total"))),
             ("device · precision · batch size", f"{m.get('device')} · {m.get('precision')} · {m.get('batch_size')}")]
@@ -400,6 +401,22 @@ def metrics_section(run: RunFiles) -> str:
         body += "<h3>Phases</h3>" + table(["phase", "epochs", "seconds", "last val accuracy", "best val accuracy"],
                                           phases, numeric=(1, 2, 3, 4))
     return section("Final metrics", body, "metrics")
+
+
+def _balanced_rows(m: dict) -> list[tuple[str, str]]:
+    """Balanced accuracy and macro-F1 (runs from before they were recorded have neither)."""
+    if "val_balanced_accuracy" not in m:
+        return []
+    return [("validation balanced accuracy (mean recall per class)", f"{m['val_balanced_accuracy']:.4f}"),
+            ("validation macro-F1", f"{m.get('val_macro_f1', 0):.4f}")]
+
+
+def _best_by(m: dict) -> str:
+    balance = m.get("balance") or {}
+    if not balance.get("imbalanced"):
+        return ""
+    return (f"; by balanced accuracy: classes imbalanced, max/min {balance.get('max_min_ratio', 0):.1f}×, "
+            f"balance={balance.get('method')}")
 
 
 def calibration_section(run: RunFiles) -> str:

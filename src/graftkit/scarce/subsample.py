@@ -6,12 +6,17 @@ validation split (or the held-out part of a class-folder dataset), ``OUT/unlabel
 train in one flat folder (no class in its path). Files are symbolic links to the originals; where the
 file system refuses links, hard links, then copies, and ``subsample.json`` says which.
 ``unlabeled_truth.csv`` keeps the true class of each unlabelled file, to score pseudo-labels.
+
+``long_tail=RATIO`` keeps a long-tailed training set instead of N per class: the classes in a seeded
+order, class of rank r keeps ``n_max * RATIO ** (-r / (C - 1))`` images (``n_max``: the fewest any
+class has), so the largest class has RATIO times the images of the smallest (:func:`long_tail_profile`).
 """
 from __future__ import annotations
 
 import csv
 import hashlib
 import json
+import math
 import os
 import shutil
 from dataclasses import dataclass
@@ -35,6 +40,7 @@ class Subsample:
     unlabeled_counts: dict[str, int]
     link_method: str
     warnings: list[str]
+    long_tail: dict | None = None  # {ratio, order, profile} of a long-tailed subset
 
     @property
     def unlabeled_dir(self) -> Path:
@@ -69,12 +75,29 @@ def _order_key(seed: int, sample: Sample, root: Path) -> str:
     return hashlib.sha256(f"subsample:{seed}:{rel}".encode()).hexdigest()
 
 
-def choose_labelled(scan: DataScan, per_class: int | None, seed: int) -> tuple[list[Sample], list[Sample]]:
-    """(labelled, rest) of ``scan.train``: per class the first ``per_class`` by a seeded hash."""
+def long_tail_profile(counts: dict[str, int], ratio: float, seed: int) -> dict[str, int]:
+    """Training images per class of a long-tailed subset: the classes ranked in a seeded order (a
+    hash of seed and name), rank r of C keeps ``round(n_max * ratio ** (-r / (C - 1)))`` (at least 1),
+    ``n_max`` the fewest training images any class has. Keys in rank order, largest first."""
+    if not (math.isfinite(ratio) and ratio >= 1):
+        raise ConfigError(f"--long-tail takes the ratio of the largest class to the smallest, a number >= 1; "
+                          f"got {ratio}")
+    if len(counts) < 2:
+        raise ConfigError(f"--long-tail needs at least 2 classes; the data has {len(counts)}")
+    order = sorted(counts, key=lambda c: hashlib.sha256(f"long-tail:{seed}:{c}".encode()).hexdigest())
+    n_max, last = min(counts.values()), len(order) - 1
+    return {c: max(1, round(n_max * ratio ** (-rank / last))) for rank, c in enumerate(order)}
+
+
+def choose_labelled(scan: DataScan, per_class: int | None | dict[str, int],
+                    seed: int) -> tuple[list[Sample], list[Sample]]:
+    """(labelled, rest) of ``scan.train``: per class the first ``per_class`` by a seeded hash
+    (a number for every class, None for all, or a number per class name)."""
     labelled, rest = [], []
     for label in range(len(scan.classes)):
         members = sorted((s for s in scan.train if s.label == label), key=lambda s: _order_key(seed, s, scan.root))
-        cut = len(members) if per_class is None else per_class
+        size = per_class.get(scan.classes[label]) if isinstance(per_class, dict) else per_class
+        cut = len(members) if size is None else size
         labelled.extend(members[:cut])
         rest.extend(members[cut:])
     return labelled, rest
@@ -129,7 +152,8 @@ def _unique_name(sample: Sample, root: Path, used: set[str]) -> str:
 
 
 def subsample(data_dir: str | Path, per_class: int | None, out_dir: str | Path, seed: int = 0,
-              val_fraction: float = 0.2, scan: DataScan | None = None, split_seed: int = 0) -> Subsample:
+              val_fraction: float = 0.2, scan: DataScan | None = None, split_seed: int = 0,
+              long_tail: float | None = None) -> Subsample:
     """Write a labelled subset of ``per_class`` images per class and the rest as unlabelled.
 
     Args:
@@ -140,9 +164,11 @@ def subsample(data_dir: str | Path, per_class: int | None, out_dir: str | Path, 
         val_fraction: held out per class when ``data_dir`` has no ``val/`` (as in training).
         scan: an existing scan of ``data_dir`` (saves listing it again).
         split_seed: seeds that hold-out, as ``graft train --seed`` seeds it (``TrainConfig.resolved_split_seed``).
+        long_tail: instead of ``per_class`` (pass None), a long-tailed training set whose largest class
+            has this many times the images of the smallest (:func:`long_tail_profile`); val stays whole.
 
     Raises:
-        ConfigError: ``out_dir`` is not empty, or ``per_class`` < 1.
+        ConfigError: ``out_dir`` is not empty, ``per_class`` < 1, or ``long_tail`` < 1.
     """
     if per_class is not None and per_class < 1:
         raise ConfigError(f"per_class must be >= 1 (or None for all), got {per_class}")
@@ -153,7 +179,11 @@ def subsample(data_dir: str | Path, per_class: int | None, out_dir: str | Path, 
     if out.exists() and any(out.iterdir()):
         raise ConfigError(f"'{out}' is not empty; pass a new --out folder (nothing was overwritten).")
     scan = scan or scan_data(data_dir, val_fraction, seed=split_seed, verify=False)
-    labelled, rest = choose_labelled(scan, per_class, seed)
+    tail = None
+    if long_tail is not None:
+        profile = long_tail_profile(scan.class_counts("train"), long_tail, seed)
+        tail = {"ratio": long_tail, "order": list(profile), "profile": profile}
+    labelled, rest = choose_labelled(scan, per_class if tail is None else tail["profile"], seed)
     warnings = []
     if per_class is not None:
         counts = {c: 0 for c in scan.classes}
@@ -197,10 +227,10 @@ def subsample(data_dir: str | Path, per_class: int | None, out_dir: str | Path, 
         return counts
 
     result = Subsample(out, scan.classes, counts_of(labelled), counts_of(scan.val), counts_of(rest),
-                       link_method, warnings)
+                       link_method, warnings, tail)
     with (out / "subsample.json").open("x") as f:
         f.write(json.dumps({
-            "source": str(Path(data_dir).resolve()), "per_class": per_class, "seed": seed,
+            "source": str(Path(data_dir).resolve()), "per_class": per_class, "long_tail": tail, "seed": seed,
             "split": {"layout": scan.layout, "val_fraction": val_fraction, "seed": split_seed},
             "classes": scan.classes, "train": result.train_counts, "val": result.val_counts,
             "unlabeled": result.unlabeled_counts, "link_method": link_method, "warnings": warnings}, indent=2))
