@@ -69,7 +69,7 @@ def main() -> None:
     from graftkit.engine.checkpoint import load_model
     from graftkit.export import export_model
     from graftkit.export.check import find_images
-    from graftkit.onnx_classifier import usable_cores
+    from graftkit.hardware import usable_cores
     from graftkit.predict import ImageClassifier
 
     from graftkit.hardware import tune_cpu_allocator

@@ -73,6 +73,11 @@ def env_threads() -> int | None:
     return None
 
 
+def usable_cores() -> int:
+    """CPU cores this process may run on (its affinity mask, e.g. a container's or taskset's)."""
+    return len(os.sched_getaffinity(0)) if hasattr(os, "sched_getaffinity") else (os.cpu_count() or 1)
+
+
 @functools.cache
 def physical_cores() -> int:
     """Physical cores as PyTorch counts them for its default thread count (/proc/cpuinfo's distinct

@@ -9,7 +9,6 @@ Only ``.onnx`` files are taken: graftkit never loads TorchScript or pickled file
 from __future__ import annotations
 
 import json
-import os
 from pathlib import Path
 from typing import Iterator, Sequence
 
@@ -18,6 +17,7 @@ import numpy as np
 from .calibration import softmax
 from .data.model_input import Prediction, check_tta, iter_predictions, normalize_squares
 from .errors import CheckpointError, ConfigError
+from .hardware import usable_cores
 from .runfiles_schema import check_export_meta
 
 METADATA_KEY = "graftkit"
@@ -30,10 +30,6 @@ def import_onnxruntime():
     except ImportError:
         raise ConfigError('running an ONNX model needs onnxruntime: pip install "graftkit[onnx]"') from None
     return onnxruntime
-
-
-def usable_cores() -> int:
-    return len(os.sched_getaffinity(0)) if hasattr(os, "sched_getaffinity") else os.cpu_count() or 1
 
 
 def session_options(threads: int | None = None):

@@ -22,6 +22,7 @@ import torch
 from torch import nn
 
 from ..errors import ConfigError, GraftError
+from ..hardware import usable_cores
 from .runtime import LAUNCHER_THREADS, resolve_device
 
 T = TypeVar("T")
@@ -193,11 +194,6 @@ def check_launch(nproc: int, device_name: str) -> None:
     if nproc > cores:
         raise ConfigError(f"--nproc {nproc} is more processes than this machine's {cores} CPU cores: each "
                           f"would wait on the others. Pass --nproc {cores} or fewer.")
-
-
-def usable_cores() -> int:
-    """CPU cores this process may run on (its affinity mask, e.g. a container's or taskset's)."""
-    return len(os.sched_getaffinity(0)) if hasattr(os, "sched_getaffinity") else (os.cpu_count() or 1)
 
 
 class DistributedRunFailed(GraftError):

@@ -275,14 +275,14 @@ def train_command(base: TrainConfig, settings: dict[str, Any], out_dir: Path) ->
 
 
 def finish(settings: SweepSettings, study, base: TrainConfig, space: dict[str, Any], scan: DataScan,
-           say: Callable[[str], None], budget: Budget | None = None, num_inner_val: int = 0) -> dict[str, Any]:
+           say: Callable[[str], None], budget: Budget, num_inner_val: int) -> dict[str, Any]:
     """Retrain the best on all of train, score it on val once; table, plots, ``sweep.json``, ``sweep.html``."""
     out = settings.out_dir
     complete = [t for t in study.trials if t.state.name == "COMPLETE"]
     if not complete:
         raise ConfigError(f"no trial of study '{settings.study_name}' finished (all pruned or failed); "
                           f"raise --time-limit or --trials, or use --pruner none.")
-    best, why = chosen_trial(study, num_inner_val or round(len(scan.train) * base.val_fraction))
+    best, why = chosen_trial(study, num_inner_val)
     chosen = best_settings(best, space)
     best_dir = out / f"best-trial-{best.number:03d}"
     given = {k: v for k, v in (settings.base or {}).items() if k != "progress"}  # e.g. --device
@@ -293,8 +293,7 @@ def finish(settings: SweepSettings, study, base: TrainConfig, space: dict[str, A
     if metrics_file.is_file():  # retrained by an earlier run of this command
         metrics = json.loads(metrics_file.read_text())
     else:
-        left = None if budget is None else budget.for_retrain()
-        metrics = fit(base.replace(**chosen, out_dir=best_dir, max_seconds=left), scan).metrics
+        metrics = fit(base.replace(**chosen, out_dir=best_dir, max_seconds=budget.for_retrain()), scan).metrics
     summary = {
         "study": settings.study_name, "storage": _safe_url(settings.storage_url), "trials_asked": settings.trials,
         "states": {s: sum(t.state.name == s for t in study.trials) for s in ("COMPLETE", "PRUNED", "FAIL", "RUNNING")},
