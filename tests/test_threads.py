@@ -85,6 +85,63 @@ def test_the_head_phase_trains_under_one_thread_and_fine_tuning_under_the_defaul
     assert torch.get_num_threads() == 2
 
 
+def test_backbone_epochs_get_the_cores_other_programs_leave_free(default_threads, monkeypatch):
+    monkeypatch.setattr(runtime, "usable_cores", lambda: 2)
+    assert phase_threads(head_only=False, batch_size=32, width=1280, others=0.3) is None  # quiet: every core
+    assert phase_threads(head_only=False, batch_size=32, width=1280, others=1.2) == 1
+    assert phase_threads(head_only=False, batch_size=32, width=1280, others=3.0) == 1  # at least one
+    assert phase_threads(head_only=True, batch_size=16, width=1280, others=1.2) == 1  # the small head: one anyway
+    monkeypatch.setattr(runtime, "usable_cores", lambda: 8)
+    assert phase_threads(head_only=False, batch_size=32, width=1280, others=2.6) == 5
+    monkeypatch.setenv("OMP_NUM_THREADS", "2")  # the user's count stays, busy or not
+    assert phase_threads(head_only=False, batch_size=32, width=1280, others=1.2) is None
+
+
+def test_core_load_counts_other_programs_busy_time_not_this_process(monkeypatch):
+    monkeypatch.delenv("GRAFTKIT_THREADS", raising=False)
+    monkeypatch.setattr(runtime.os, "sched_getaffinity", lambda pid: {0, 1}, raising=False)
+    monkeypatch.setattr(runtime.os, "sysconf", lambda name: 100)
+    stats = iter([(0, 0), (300, 100), (300, 100)])  # (busy ticks of cpu0 + cpu1, this process's CPU seconds x 100)
+    clock = iter([10.0, 12.0, 12.0])
+    readings = {}
+
+    def read_text(self):
+        busy, own = next(stats)
+        readings["own"] = own / 100
+        # cpu2 is not this process's: its 10,000 busy ticks do not count
+        return (f"cpu  0 0 0 0 0 0 0 0\ncpu0 {busy // 2} 0 0 500 7 0 0 0\ncpu1 0 {busy - busy // 2} 0 500 3 0 0 0\n"
+                "cpu2 10000 0 0 0 0 0 0 0\nintr 1\n")
+
+    monkeypatch.setattr(runtime.Path, "read_text", read_text)
+    monkeypatch.setattr(runtime.time, "monotonic", lambda: next(clock))
+    monkeypatch.setattr(runtime.os, "times", lambda: runtime.os.times_result((readings["own"], 0, 0, 0, 0)))
+    load = runtime.CoreLoad()
+    assert load.others() == pytest.approx(1.0)  # 3 s busy over 2 s, 1 s of it this process's: one core
+    monkeypatch.setenv("GRAFTKIT_THREADS", "fixed")
+    assert runtime.CoreLoad().others() is None
+
+
+def test_a_busy_machine_runs_fine_tune_epochs_on_the_free_cores_and_says_so(
+        default_threads, split_folder, tmp_path, monkeypatch, capsys):
+    seen = []
+    train_one_epoch = fit_module.train_one_epoch
+    monkeypatch.setattr(runtime, "usable_cores", lambda: 2)
+    loads = iter([1.4, 0.1])  # a competitor during the first fine-tune epoch, gone before the second
+    monkeypatch.setattr(runtime.CoreLoad, "others", lambda self: next(loads))
+
+    def recording(*args, **kwargs):
+        seen.append(torch.get_num_threads())
+        return train_one_epoch(*args, **kwargs)
+
+    monkeypatch.setattr(fit_module, "train_one_epoch", recording)
+    run = fit(TrainConfig(data_dir=split_folder, strategy="fine-tune", out_dir=tmp_path / "run",
+                          cache_dir=tmp_path / "cache", **{**TINY, "epochs": 3, "finetune_epochs": 2, "progress": "plain"}))
+    assert seen == [1, 1, 2]
+    assert [row["threads"] for row in run.history] == [1, 1, 2]
+    out = capsys.readouterr().out + capsys.readouterr().err
+    assert "kept 1.4 core(s) busy: 1 thread(s) from epoch 2" in out and "free again" in out
+
+
 def _tune_openmp_in_a_fresh_process(env: dict[str, str], import_torch_first: bool = False) -> str:
     code = ("import os\n" + ("import torch\n" if import_torch_first else "")
             + "from graftkit.hardware import tune_openmp\nprint(tune_openmp(), os.environ.get('OMP_WAIT_POLICY'))")

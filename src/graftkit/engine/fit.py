@@ -39,7 +39,7 @@ from .fusion import fold_frozen_batchnorm
 from .loop import TrainingDiverged, evaluate, train_one_epoch
 from .prepare import TrainingData, prepare
 from .progress import ProgressReporter
-from .runtime import autocast_for, phase_threads, seed_everything, torch_threads
+from .runtime import CoreLoad, autocast_for, phase_threads, seed_everything, torch_threads
 from .tracking import NO_TRACKER, Observers, Tracker, build_tracker, require_tracker
 
 class Interrupted(GraftError):
@@ -196,6 +196,7 @@ def _train(cfg: TrainConfig, data: TrainingData, model: Classifier, device: torc
     started -= state["elapsed"]  # wall-clock figures (elapsed, seconds_total, max_seconds) go on after a resume
     diverged, setup_seconds, last_checkpoint, stopped, average = [], 0.0, time.perf_counter(), None, None
     checkpoint_epoch = start_epoch if cfg.resume else None
+    load, busy_threads = CoreLoad(), None  # other programs' use of the cores, read before each backbone epoch
     try:
         while epoch < cfg.total_epochs:
             phase_index, phase, phase_epoch = phase_at(phases, epoch)
@@ -206,7 +207,6 @@ def _train(cfg: TrainConfig, data: TrainingData, model: Classifier, device: torc
                 net, train_batches, val_batches = data.batches_for(phase, model, device, precision, report)
                 setup_seconds = time.perf_counter() - epoch_start  # feature caching counts to the phase
                 head_only = isinstance(net, TailModel) and net.cut == backbone.num_stages
-                threads = phase_threads(head_only, data.head_batch_size, backbone.num_features)
                 # MixUp/CutMix need whole images: not on cached features
                 mix = None if isinstance(net, TailModel) else build_batch_mix(cfg.mixup, cfg.cutmix,
                                                                               len(scan.classes))
@@ -227,8 +227,16 @@ def _train(cfg: TrainConfig, data: TrainingData, model: Classifier, device: torc
                 _save_checkpoint(out_dir, epoch, model, optimizer, history, best, scan.classes, train_batches, world,
                                  average)
                 checkpoint_epoch, last_checkpoint = epoch, time.perf_counter()
+            # data-loading workers are this run's own processes: their load is not another program's
+            others = None if head_only or cfg.num_workers else load.others()
+            threads = phase_threads(head_only, data.head_batch_size, backbone.num_features, others)
+            if not head_only and threads != busy_threads:
+                busy_threads = threads
+                report.message(f"other programs kept {others:.1f} core(s) busy: {threads} thread(s) from epoch "
+                               f"{epoch + 1}" if threads else "the cores are free again: every thread from epoch "
+                               f"{epoch + 1}")
             try:
-                with torch_threads(threads):  # one thread for a small head, restored after the epoch
+                with torch_threads(threads):  # one thread for a small head or a busy machine, restored after
                     row = _train_epoch(cfg, model, net, phase, phase_epoch, epoch, train_batches, val_batches,
                                        optimizer, loss_fn, device, autocast, report, trained, world, mix, average)
                 check_divergence(row, len(scan.classes))
@@ -244,6 +252,7 @@ def _train(cfg: TrainConfig, data: TrainingData, model: Classifier, device: torc
                 continue
             row["seconds"] += setup_seconds
             row["elapsed"], setup_seconds = time.perf_counter() - started, 0.0
+            row["threads"] = threads or torch.get_num_threads()
             history.append(row)
             if world.is_main:
                 with (out_dir / "history.jsonl").open("a") as f:

@@ -9,6 +9,7 @@ from __future__ import annotations
 import contextlib
 import os
 import random
+import time
 from pathlib import Path
 from typing import Callable
 
@@ -17,7 +18,7 @@ import torch
 
 from ..config import TrainConfig
 from ..errors import ConfigError
-from ..hardware import env_threads, physical_cores
+from ..hardware import env_threads, physical_cores, usable_cores
 
 # A head step on cached features (batch x feature width floats) is too small to share between
 # threads: each parallel region costs more in waking and waiting than it saves, and with another
@@ -95,15 +96,65 @@ def user_threads() -> int | None:
     return None if current == (int(launcher) if by_launcher else physical_cores()) else current
 
 
-def phase_threads(head_only: bool, batch_size: int, width: int) -> int | None:
-    """The intra-op threads a training phase runs with; None keeps the process's count.
+def phase_threads(head_only: bool, batch_size: int, width: int, others: float | None = None) -> int | None:
+    """The intra-op threads a training epoch runs with; None keeps the process's count.
 
     A head trained on cached pooled features (``head_only``) gets one thread while its step is small
-    (``batch_size * width <= HEAD_ONE_THREAD_MAX``); a phase that runs backbone stages keeps every
-    core (measured: BENCHMARKS.md, contention). A count the user chose is never changed."""
-    if not head_only or batch_size * width > HEAD_ONE_THREAD_MAX or user_threads() is not None:
+    (``batch_size * width <= HEAD_ONE_THREAD_MAX``). An epoch that runs backbone stages gets the cores
+    that other programs left free: ``others`` is how many of this process's cores they kept busy
+    lately (:class:`CoreLoad`), and with k of n busy the epoch runs on n - k threads (at least one):
+    a thread that shares its core waits at every parallel region for one that is descheduled. A
+    count the user chose is never changed."""
+    if user_threads() is not None:
         return None
-    return 1
+    if head_only and batch_size * width <= HEAD_ONE_THREAD_MAX:
+        return 1
+    if head_only or others is None:
+        return None
+    cores = usable_cores()
+    free = max(1, min(cores, int(cores - others + 0.5)))
+    return None if free == cores else free
+
+
+FIXED_THREADS = "GRAFTKIT_THREADS"  # "fixed": never adapt to other programs (runs repeat bit for bit)
+
+
+class CoreLoad:
+    """How many of this process's cores other programs kept busy since the last reading: the busy
+    time of those CPUs in /proc/stat (steal included) less this process's own CPU time, over the
+    wall time between readings. ``others()`` is None where /proc/stat cannot be read, and with
+    ``GRAFTKIT_THREADS=fixed`` (a thread count that follows the load can change the last bits of a
+    result: set it, or OMP_NUM_THREADS, for runs that must repeat exactly)."""
+
+    def __init__(self) -> None:
+        self._cpus = {f"cpu{i}" for i in (os.sched_getaffinity(0) if hasattr(os, "sched_getaffinity") else ())}
+        self._last = self._read()
+
+    def _read(self) -> tuple[float, float, float] | None:
+        try:
+            lines = Path("/proc/stat").read_text().splitlines()
+        except OSError:
+            return None
+        busy = 0
+        for line in lines:
+            name, *values = line.split()
+            if name in self._cpus:
+                ticks = [int(v) for v in values[:8]]  # user nice system idle iowait irq softirq steal
+                busy += sum(ticks) - ticks[3] - ticks[4]
+        if not busy and not self._cpus & {line.split()[0] for line in lines if line.startswith("cpu")}:
+            return None
+        own = os.times()
+        return time.monotonic(), busy / os.sysconf("SC_CLK_TCK"), own.user + own.system
+
+    def others(self) -> float | None:
+        """Cores busy with other programs since the last call (or since this object was made)."""
+        if os.environ.get(FIXED_THREADS) == "fixed":
+            return None
+        now, last = self._read(), self._last
+        if now is None or last is None or now[0] - last[0] < 0.05:
+            return None
+        self._last = now
+        return max(0.0, ((now[1] - last[1]) - (now[2] - last[2])) / (now[0] - last[0]))
 
 
 @contextlib.contextmanager

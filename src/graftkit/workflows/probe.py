@@ -31,7 +31,10 @@ from ..data.scan import stratified_split
 PROBE_MAX_IMAGES = 400     # images of the inner split the probe looks at, at most (train + val parts)
 PROBE_VAL_FRACTION = 0.25  # of those, held out to score the probe
 PROBE_MIN_IMAGES = 100     # ... and at least (under a time limit: one image per second of it in between)
-TIMING_BATCH = 4           # images per timed training step
+# Images per timed training step. Per-image cost falls with the batch (each step's fixed work is
+# shared): timed at 4, the steps predicted fine-tune epochs (batch 32) 1.4-2x too slow (session-5
+# runs, BENCHMARKS.md "Time limit"); at 16 the fixed share is a quarter of that.
+TIMING_BATCH = 16
 FORWARD_BATCH = 16         # images of the timed forward pass (fit's evaluation batch on a CPU)
 TIMING_STEPS = 1           # timed steps per freeze depth, after one warm-up step at the first depth
 PROBE_C = 0.5              # L2 strength of the logistic-regression probe on standardised features
