@@ -3,7 +3,8 @@ process (a 2-thread torch training loop), for the old thread settings and the ne
 
   old: every phase with as many threads as cores (OMP_NUM_THREADS=<cores>), OpenMP's default wait
        policy (GRAFTKIT_OPENMP=default)
-  new: what `graft` does now: one thread for a head on cached features, OpenMP's default wait policy
+  new: what `graft` does now: one thread for a head on cached features, fine-tune epochs on the cores
+       other programs leave free (read from /proc/stat before each epoch), OpenMP's default wait policy
   passive: new + OMP_WAIT_POLICY=PASSIVE (GRAFTKIT_OPENMP=passive; off by default: slower when quiet)
 
 Each figure is the median over --repeats whole `graft train` processes (per process: the median
@@ -93,6 +94,9 @@ def measure(kind: str, data: Path, setting: str, work: Path, args) -> dict[str, 
                             text=True, env={**base_env(), **SETTINGS[setting]})
     if result.returncode != 0:
         sys.exit(f"graft train failed: {result.stderr[-2000:]}")
+    rows = [json.loads(line) for line in (out / "history.jsonl").read_text().splitlines()]
+    threads = sorted({(r["phase"], r["threads"]) for r in rows if "threads" in r})
+    print(f"  {setting} {kind}: threads per phase {threads}", flush=True)  # graft's choice (history.jsonl)
     return epoch_seconds(kind, out)
 
 
