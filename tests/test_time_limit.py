@@ -79,7 +79,28 @@ def test_a_probe_tie_goes_to_the_faster_backbone(split_data, tmp_path, two_tiny)
                           measure=_fake_measure({"tiny_cnn": 0.80, "tiny_b": 0.805}, {"tiny_cnn": 1e-3, "tiny_b": 5e-3},
                                                 seen), train=_fake_train(calls))
     assert calls[0].backbone == "tiny_cnn"
-    assert "fastest wins" in json.loads((tmp_path / "run" / "plan.json").read_text())["reason"]
+    assert "cheapest run wins" in json.loads((tmp_path / "run" / "plan.json").read_text())["reason"]
+
+
+def test_a_tie_is_broken_by_the_predicted_run_not_by_one_forward_pass(split_data, tmp_path, two_tiny):
+    """A backbone whose forward pass measured a little faster but whose training steps cost more (lite1
+    against lite0 on an AMX CPU) is not the cheaper run."""
+    seen, calls = [], []
+    plain = _fake_measure({"tiny_cnn": 0.80, "tiny_b": 0.805}, {"tiny_cnn": 1e-3, "tiny_b": 3e-3}, seen)
+
+    def measure(cfg, inner, steps_worth=None):
+        m = plain(cfg, inner, steps_worth)
+        if cfg.backbone == "tiny_b":  # its forward pass timed faster than tiny_cnn's (1e-3 / 3)
+            m["speed"].forward = 2e-4
+        return m
+
+    cfg = TrainConfig(data_dir=split_data, out_dir=tmp_path / "run", device="cpu", progress="none")
+    planner.train_planned(cfg, time_limit=None, started=time.monotonic(), auto_backbone=True, measure=measure,
+                          train=_fake_train(calls))
+    plan = json.loads((tmp_path / "run" / "plan.json").read_text())
+    predicted = {c["backbone"]: c["predicted_seconds"] for c in plan["candidates"]}
+    assert predicted["tiny_cnn"] < predicted["tiny_b"]
+    assert calls[0].backbone == "tiny_cnn" and "cheapest run wins" in plan["reason"]
 
 
 def _plan(split_data, tmp_path, limit: float, seen: list):
