@@ -29,7 +29,7 @@ from pathlib import Path
 import numpy as np
 
 sys.path.insert(0, str(Path(__file__).resolve().parent))
-from common import dataset, graft, machine, run_timed, table  # noqa: E402
+from common import dataset, graft, interval, machine, run_timed, table  # noqa: E402
 
 RUNS = Path(os.environ.get("GRAFTKIT_BENCH_RUNS", "/tmp/graftkit-calibration-ood"))
 LEFT_OUT = "tulips"
@@ -71,13 +71,6 @@ def images_under(folder: Path) -> list[Path]:
     from graftkit.data.model_input import expand_image_paths
 
     return expand_image_paths([folder])
-
-
-def interval(values) -> str:
-    from graftkit.report.summary import mean_interval
-
-    m = mean_interval(values)
-    return f"{m['mean']:.4f} [{m['interval'][0]:.4f}, {m['interval'][1]:.4f}]"
 
 
 def calibration_rows(name: str, logits, labels, folds: int, seeds: int) -> list[list]:

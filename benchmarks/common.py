@@ -47,6 +47,15 @@ def children_peak_rss_mib() -> float:
     return resource.getrusage(resource.RUSAGE_CHILDREN).ru_maxrss / 1024
 
 
+def interval(values: list[float]) -> str:
+    """``mean [low, high]``: the 95 % Student-t interval over ``values`` (the mean twice for one value)."""
+    from graftkit.report.summary import mean_interval
+
+    m = mean_interval(values)
+    low, high = m["interval"] if m["interval"] else (m["mean"], m["mean"])
+    return f"{m['mean']:.4f} [{low:.4f}, {high:.4f}]"
+
+
 def table(rows: list[list], header: list[str]) -> str:
     widths = [max(len(str(x)) for x in col) for col in zip(header, *rows)]
     line = lambda r: "| " + " | ".join(str(x).ljust(w) for x, w in zip(r, widths)) + " |"  # noqa: E731

@@ -16,15 +16,8 @@ import sys
 from pathlib import Path
 
 sys.path.insert(0, str(Path(__file__).resolve().parent))
-from common import dataset, fresh_dir, graft, machine, read_metrics, run_timed, table  # noqa: E402
+from common import dataset, fresh_dir, graft, interval, machine, read_metrics, run_timed, table  # noqa: E402
 
-from graftkit.report.summary import mean_interval  # noqa: E402
-
-
-def interval(values: list[float]) -> str:
-    stats = mean_interval(values)
-    low, high = stats.get("interval") or (stats["mean"], stats["mean"])
-    return f"{stats['mean']:.4f} [{low:.4f}, {high:.4f}]"
 
 
 def main() -> None:

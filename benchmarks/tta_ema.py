@@ -24,7 +24,7 @@ import sys
 from pathlib import Path
 
 sys.path.insert(0, str(Path(__file__).resolve().parent))
-from common import dataset, graft, machine, read_metrics, run_timed, table  # noqa: E402
+from common import dataset, graft, interval, machine, read_metrics, run_timed, table  # noqa: E402
 
 RUNS = Path(os.environ.get("GRAFTKIT_BENCH_RUNS", "/tmp/graftkit-tta-ema"))
 
@@ -47,14 +47,6 @@ def evaluate(run: Path, data: Path, tta: bool, crops: int, cache: Path) -> float
         _, result = run_timed(graft("evaluate", str(run), str(data), "--json", "--device", "cpu", *flags))
         path.write_text(result.stdout)
     return float(json.loads(path.read_text())["accuracy"])
-
-
-def interval(values: list[float]) -> str:
-    from graftkit.report.summary import mean_interval
-
-    m = mean_interval(values)
-    low, high = m["interval"] if m["interval"] else (m["mean"], m["mean"])
-    return f"{m['mean']:.4f} [{low:.4f}, {high:.4f}]"
 
 
 def raw_best(run: Path) -> float:

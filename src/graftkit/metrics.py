@@ -3,6 +3,7 @@ the reports: accuracy, balanced accuracy, macro-F1, per-class precision/recall/F
 matrix and the log-loss."""
 from __future__ import annotations
 
+import math
 from typing import Sequence
 
 import numpy as np
@@ -47,6 +48,11 @@ def log_loss(labels: Sequence[int] | np.ndarray, probs: np.ndarray) -> float:
         return float("nan")
     probs = probs / probs.sum(axis=1, keepdims=True)  # float32 softmax rows sum to 1 only to ~1e-7
     return float(sk_log_loss(np.asarray(labels), probs, labels=list(range(probs.shape[1]))))
+
+
+def binomial_se(accuracy: float, num_images: int) -> float:
+    """The standard error of an accuracy measured on ``num_images`` images (binomial)."""
+    return math.sqrt(accuracy * (1 - accuracy) / max(num_images, 1))
 
 
 def classification_metrics(labels: np.ndarray, preds: np.ndarray, classes: list[str]) -> dict:

@@ -232,9 +232,11 @@ def _train(cfg: TrainConfig, data: TrainingData, model: Classifier, device: torc
             threads = phase_threads(head_only, data.head_batch_size, backbone.num_features, others)
             if not head_only and threads != busy_threads:
                 busy_threads = threads
-                report.message(f"other programs kept {others:.1f} core(s) busy: {threads} thread(s) from epoch "
-                               f"{epoch + 1}" if threads else "the cores are free again: every thread from epoch "
-                               f"{epoch + 1}")
+                if threads:
+                    report.message(f"other programs kept {others:.1f} core(s) busy: {threads} thread(s) from "
+                                   f"epoch {epoch + 1}")
+                else:
+                    report.message(f"the cores are free again: every thread from epoch {epoch + 1}")
             try:
                 with torch_threads(threads):  # one thread for a small head or a busy machine, restored after
                     row = _train_epoch(cfg, model, net, phase, phase_epoch, epoch, train_batches, val_batches,

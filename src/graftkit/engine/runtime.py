@@ -135,14 +135,11 @@ class CoreLoad:
             lines = Path("/proc/stat").read_text().splitlines()
         except OSError:
             return None
-        busy = 0
-        for line in lines:
-            name, *values = line.split()
-            if name in self._cpus:
-                ticks = [int(v) for v in values[:8]]  # user nice system idle iowait irq softirq steal
-                busy += sum(ticks) - ticks[3] - ticks[4]
-        if not busy and not self._cpus & {line.split()[0] for line in lines if line.startswith("cpu")}:
+        fields = (line.split() for line in lines)
+        rows = [[int(v) for v in f[1:9]] for f in fields if f and f[0] in self._cpus]
+        if not rows:
             return None
+        busy = sum(sum(t) - t[3] - t[4] for t in rows)  # user nice system idle iowait irq softirq steal
         own = os.times()
         return time.monotonic(), busy / os.sysconf("SC_CLK_TCK"), own.user + own.system
 

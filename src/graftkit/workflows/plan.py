@@ -12,13 +12,13 @@ never on the val split the run reports. ``plan.json`` in the run folder records 
 from __future__ import annotations
 
 import json
-import math
 import time
 from pathlib import Path
 from typing import Any, Callable, Sequence
 
 from ..config import TrainConfig
 from ..errors import ConfigError
+from ..metrics import binomial_se
 from .probe import RELATIVE_COST, CostModel, Schedule, measure_backbone, probe_images, probe_split
 
 AUTO_BACKBONES = ("efficientnet_lite0", "efficientnet_lite1", "efficientnet_lite2")
@@ -54,7 +54,7 @@ def tier(schedule: Schedule) -> int:
 
 def tie_tolerance(accuracy: float, num_val: int) -> float:
     """The standard error of a probe accuracy on ``num_val`` images (at least one point)."""
-    return max(0.01, math.sqrt(max(accuracy * (1 - accuracy), 1e-4) / max(num_val, 1)))
+    return max(0.01, binomial_se(accuracy, num_val))
 
 
 def fit_schedule(ladder: Sequence[Schedule], seconds: Callable[[Schedule], float],
@@ -130,7 +130,7 @@ def probe_backbones(cfg: TrainConfig, inner, names: Sequence[str], budget: float
         row = {"backbone": name, "image_size": m["image_size"], "probe_accuracy": round(m["probe_accuracy"], 4),
                "inner_train_images": len(inner.train), "inner_val_images": len(inner.val),
                "probe_seconds": round(m["seconds"], 1), "seconds": m["seconds"], "num_stages": speed.num_stages,
-               "seconds_per_image": speed.forward, "speed": speed, "pooled_cached": m["pooled_cached"],
+               "speed": speed, "pooled_cached": m["pooled_cached"],
                "steps_timed": m.get("steps_timed", True)}
         rows.append(row)
         first = first or row

@@ -12,7 +12,6 @@ run again continues it, and several processes (or machines, on PostgreSQL) can w
 from __future__ import annotations
 
 import json
-import math
 import shlex
 import time
 import warnings
@@ -28,6 +27,7 @@ from ..engine.prepare import scan_for
 from ..engine.tracking import Tracker
 from ..errors import ConfigError
 from ..fileio import atomic_write_text, refuse_out_inside_data
+from ..metrics import binomial_se
 from .sweep_space import default_params, load_space, suggest
 
 PRUNERS = ("median", "halving", "none")
@@ -246,7 +246,7 @@ def chosen_trial(study, num_inner_val: int) -> tuple[Any, str]:
     trials is flattered by the noise that made it best, so a sweep must beat the default by more."""
     best = _best_complete(study)
     default = next((t for t in study.trials if t.user_attrs.get("default") and t.state.name == "COMPLETE"), None)
-    se = math.sqrt(best.value * (1 - best.value) / max(num_inner_val, 1))
+    se = binomial_se(best.value, num_inner_val)
     if default is None or default.number == best.number:
         return best, f"trial {best.number} has the best inner accuracy"
     if best.value - default.value <= se:
