@@ -10,6 +10,7 @@ from PIL import Image
 from graftkit import ConfigError, TrainConfig, fit
 from graftkit.data import AUGMENTS, DecodedImages, build_eval_transform, build_train_transform, scan_data
 from graftkit.data.preview import augment_grid
+from graftkit.engine.features import TailModel
 from graftkit.engine.prepare import TrainingData
 from graftkit.heads import Classifier
 from graftkit.backbones import create_backbone
@@ -30,8 +31,8 @@ def pipeline_file(tmp_path):
     return path
 
 
-def _batches(cfg: TrainConfig, phase_index: int):
-    """(train batches, val batches) fit would use in a phase, without training."""
+def _phase_batches(cfg: TrainConfig, phase_index: int):
+    """(module the phase trains, train batches, val batches) that fit would use, without training."""
     scan = scan_data(cfg.data_dir)
     decoded = DecodedImages(cfg.cache_dir, 37)
     for s in [*scan.train, *scan.val]:
@@ -42,9 +43,38 @@ def _batches(cfg: TrainConfig, phase_index: int):
     model = Classifier(create_backbone("tiny_cnn"), len(scan.classes))
     phase = build_phases(cfg, 4)[phase_index]
     model.set_trainable(phase.trainable_stages(4), phase.train_bn)
-    _, train, val = data.batches_for(phase, model, torch.device("cpu"), "fp32", ProgressReporter("none"))
+    return data.batches_for(phase, model, torch.device("cpu"), "fp32", ProgressReporter("none"))
+
+
+def _batches(cfg: TrainConfig, phase_index: int):
+    """(train batches, val batches) fit would use in a phase's first epoch, without training."""
+    _, train, val = _phase_batches(cfg, phase_index)
     train.set_epoch(0)
     return list(train), list(val)
+
+
+def test_fine_tuning_below_frozen_stages_augments_every_epoch_afresh(split_folder, tmp_path):
+    # Caching the frozen prefix of one clean crop per image would switch augmentation off for the
+    # whole fine-tune (a regression seen in every --time-limit plan, which freezes stage 0).
+    base = TrainConfig(data_dir=split_folder, **{**TINY, "freeze": 2}, cache_dir=tmp_path / "c")
+    assert isinstance(_phase_batches(base.replace(augment="none"), 1)[0], TailModel)  # prefix cached
+    clean = _batches(base.replace(augment="none", cache=False), 1)[0]  # the clean crops, as images
+    net, train, _ = _phase_batches(base, 1)
+    assert not isinstance(net, TailModel)  # the frozen stages run on each epoch's images
+    epochs = []
+    for epoch in (0, 1):
+        train.set_epoch(epoch)
+        epochs.append(list(train))
+    first = epochs[0]
+    assert [x.shape for x, _ in first] == [x.shape for x, _ in clean] and first[0][0].shape[1] == 3
+    assert all(torch.equal(y, ry) for (_, y), (_, ry) in zip(first, clean))  # same order and labels...
+    assert all(not torch.equal(x, rx) for (x, _), (rx, _) in zip(first, clean))  # ...augmented images
+
+    def by_label(batches):  # each epoch's images, in an order that does not depend on the shuffle
+        return sorted((round(x.sum().item(), 3), int(y)) for xs, ys in batches for x, y in zip(xs, ys))
+    assert by_label(epochs[0]) != by_label(epochs[1])  # fresh augmentation, not one fixed view
+    # --cache-views N asks for N fixed views: those are cached
+    assert isinstance(_phase_batches(base.replace(cache_views=3), 1)[0], TailModel)
 
 
 @pytest.mark.parametrize("phase_index", [0, 1])  # head phase (cached features) and fine-tune (images)

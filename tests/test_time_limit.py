@@ -118,11 +118,28 @@ def test_the_plan_fits_the_budget_a_tiny_budget_gets_a_cheaper_plan(split_data, 
     # large: the better probe and the richest schedule; small: what fits 60 s
     assert large_cfg.backbone == "tiny_b" and (large_cfg.finetune_epochs, large_cfg.freeze) == (8, 1)
     assert large_cfg.finetune_lr == planner.PLANNED_SETTINGS["finetune_lr"]
+    assert large_cfg.augment == small_cfg.augment == planner.PLANNED_AUGMENT == "none"  # clean crops, prefix cached
+    assert large["chosen"]["settings"]["augment"] == "none"
     assert small["chosen"]["predicted_seconds"] <= small["available_seconds"] < large["chosen"]["predicted_seconds"]
     assert small_cfg.total_epochs < large_cfg.total_epochs or small_cfg.backbone != large_cfg.backbone
     assert small_cfg.max_seconds < small["available_seconds"] and large_cfg.max_seconds > small_cfg.max_seconds
     assert all("predicted_seconds" in c and "ms_per_image" in c for c in small["candidates"])
     assert len(small_scan.train) == 20 and small_cfg.split_file is None  # it fits: all training images
+
+
+def test_a_given_augment_wins_over_the_planned_clean_crops_and_costs_its_prefix_every_epoch(split_data, tmp_path):
+    scan = scan_data(split_data, 0.2, 0)
+    measure = _fake_measure({"tiny_cnn": 0.7}, {"tiny_cnn": 0.5}, [])
+    plans = {}
+    for augment, fixed in (("light", set()), ("strong", {"augment"})):
+        cfg = TrainConfig(data_dir=split_data, out_dir=tmp_path / augment, device="cpu", progress="none",
+                          backbone="tiny_cnn", augment=augment)
+        plans[augment] = planner.make_plan(cfg, scan, time_limit=3600.0, started=time.monotonic(), auto_backbone=False,
+                                           fixed=fixed, say=lambda line: None, measure=measure)
+    assert plans["light"][0].augment == "none" and plans["strong"][0].augment == "strong"
+    same_schedule = plans["light"][1]["chosen"]["schedule"] == plans["strong"][1]["chosen"]["schedule"]
+    assert same_schedule and "freeze 1" in plans["strong"][1]["chosen"]["schedule"]
+    assert plans["strong"][1]["chosen"]["predicted_seconds"] > plans["light"][1]["chosen"]["predicted_seconds"]
 
 
 def test_when_nothing_fits_a_stratified_subset_of_train_does_and_val_stays_whole(split_data, tmp_path):
@@ -177,10 +194,16 @@ def test_cost_model_and_the_estimate_for_the_sweep():
                           tail_eval={1: 0.03})
     cost = CostModel({"tiny_cnn": speed}, fixed=0.0, head_epoch_per_image=0.0)
     schedule = Schedule("fine-tune", 2, 3, 1)
+    # the frozen prefix once (cached: fixed views), then three epochs of the rest
     expected = 120 * 0.01 + 120 * 0.02 + 120 * 0.005 + 3 * (100 * 0.1 + 20 * 0.03) + 100 * 0.02 + 20 * 0.02
-    assert cost.seconds("tiny_cnn", schedule, 100, 20) == pytest.approx(expected)
-    cfg = TrainConfig(data_dir="x", backbone="tiny_cnn", head_epochs=2, finetune_epochs=3, freeze=1)
+    assert cost.seconds("tiny_cnn", schedule, 100, 20, cached_prefix=True) == pytest.approx(expected)
+    cfg = TrainConfig(data_dir="x", backbone="tiny_cnn", head_epochs=2, finetune_epochs=3, freeze=1, augment="none")
     assert estimate_training_seconds(cost, cfg, 100, 20) == pytest.approx(expected)
+    # augmented afresh every epoch (the default): the prefix runs in each of the three epochs
+    augmented = expected + 2 * 120 * 0.005
+    assert cost.seconds("tiny_cnn", schedule, 100, 20) == pytest.approx(augmented)
+    assert estimate_training_seconds(cost, cfg.replace(augment="light"), 100, 20) == pytest.approx(augmented)
+    assert cost.epoch_seconds("tiny_cnn", schedule, 100, 20) == pytest.approx(100 * 0.1 + 20 * 0.03 + 120 * 0.005)
     assert cost.seconds("tiny_cnn", Schedule("feature-extraction", 10), 100, 20) < expected
 
 

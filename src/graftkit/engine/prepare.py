@@ -29,6 +29,16 @@ from .progress import ProgressReporter
 from .runtime import autocast_for, eval_batch_size, resolve_device, resolve_precision, train_batch_size
 
 
+
+def fixed_views(cfg: TrainConfig, trains_backbone: bool) -> bool:
+    """Whether a phase with a frozen prefix trains on fixed views of each image (the clean crop, or
+    ``--cache-views N`` augmented ones), whose prefix outputs can be cached, rather than on images
+    augmented afresh every epoch. Head-only phases do (that is what makes feature extraction fast);
+    a phase that trains backbone stages does only without augmentation or with ``--cache-views N``
+    chosen: caching one clean crop there would switch augmentation off for the whole fine-tune."""
+    return not trains_backbone or cfg.augment == "none" or cfg.cache_views > 1
+
+
 class TrainingData:
     """The scanned data with its decoded-image cache, and the batches each phase trains on."""
 
@@ -73,16 +83,18 @@ class TrainingData:
         """(module to train, train batches, val batches) for a phase.
 
         A frozen prefix (stages before the first trainable one) runs once per image and view and
-        is cached; the module to train is then only the rest of the network.
+        is cached when the phase trains on fixed views (:func:`fixed_views`); the module to train is
+        then only the rest of the network. Otherwise every epoch augments the images afresh.
         """
         cfg, backbone = self.cfg, model.backbone
         cut = backbone.num_stages if phase.first_trainable is None else phase.first_trainable
         train_tf = build_train_transform(self.image_size, backbone.mean, backbone.std, cfg.augment)
         eval_tf = build_eval_transform(self.image_size, backbone.mean, backbone.std)
-        num_views = None if cut == 0 else (1 if cfg.augment == "none" else cfg.cache_views)
+        fixed = cut > 0 and fixed_views(cfg, trains_backbone=cut < backbone.num_stages)
+        num_views = (1 if cfg.augment == "none" else cfg.cache_views) if fixed else None
         batch_size = self.head_batch_size if cut == backbone.num_stages and cfg.cache else self.batch_size
         drop_last = len(self.train_keys) > batch_size
-        if cut > 0 and cfg.cache:
+        if fixed and cfg.cache:
             store = open_feature_store(cfg.cache_dir, model, cut, self.image_size, self.decoded.size,
                                        augment_key(cfg.augment), precision, cfg.fold_bn)
             self._fill_features(store, model, cut, num_views, train_tf, eval_tf, device, precision, report)

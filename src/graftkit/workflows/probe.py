@@ -143,11 +143,12 @@ class CostModel:
     head_epoch_per_image: float = 2e-5  # a head epoch on cached pooled features
 
     def seconds(self, backbone: str, schedule: Schedule, num_train: int, num_val: int,
-                decoded: bool = False, pooled_cached: int = 0) -> float:
+                decoded: bool = False, pooled_cached: int = 0, cached_prefix: bool = False) -> float:
         """Whole-run seconds: decoding (unless ``decoded``), pooled features (less ``pooled_cached``
-        rows already in the cache), head epochs, caching the frozen prefix, fine-tune epochs and the
-        fine-tuned model's training features (for the unknown detector), the final evaluation (a full
-        forward pass over val, also after feature extraction) and the fixed part."""
+        rows already in the cache), head epochs, fine-tune epochs (their frozen prefix runs every epoch
+        on freshly augmented images, or once when ``cached_prefix``: see ``engine.prepare.fixed_views``)
+        and the fine-tuned model's training features (for the unknown detector), the final evaluation
+        (a full forward pass over val, also after feature extraction) and the fixed part."""
         s = self.speeds[backbone]
         images = num_train + num_val
         total = self.fixed + (0.0 if decoded else images * s.decode)
@@ -155,18 +156,21 @@ class CostModel:
         total += schedule.head_epochs * images * self.head_epoch_per_image
         if schedule.strategy == "fine-tune" and schedule.finetune_epochs:
             depth = _nearest(s.train_step, schedule.freeze)
-            total += images * s.prefix.get(depth, 0.0)
-            total += schedule.finetune_epochs * (num_train * s.train_step[depth] + num_val * s.tail_eval[depth])
+            total += images * s.prefix.get(depth, 0.0) if cached_prefix else 0.0
+            total += schedule.finetune_epochs * self.epoch_seconds(backbone, schedule, num_train, num_val,
+                                                                   cached_prefix)
             total += num_train * s.forward  # the unknown detector's features of the fine-tuned model
         return total + num_val * s.forward  # the final evaluation of the best epoch's model
 
-    def epoch_seconds(self, backbone: str, schedule: Schedule, num_train: int, num_val: int) -> float:
+    def epoch_seconds(self, backbone: str, schedule: Schedule, num_train: int, num_val: int,
+                      cached_prefix: bool = False) -> float:
         """The longest single epoch of ``schedule``: what the last epoch may overrun a budget by."""
         s = self.speeds[backbone]
         if schedule.strategy != "fine-tune" or not schedule.finetune_epochs:
             return (num_train + num_val) * self.head_epoch_per_image
         depth = _nearest(s.train_step, schedule.freeze)
-        return num_train * s.train_step[depth] + num_val * s.tail_eval[depth]
+        prefix = 0.0 if cached_prefix else (num_train + num_val) * s.prefix.get(depth, 0.0)
+        return prefix + num_train * s.train_step[depth] + num_val * s.tail_eval[depth]
 
 
 def _nearest(table: dict[int, float], depth: int) -> int:
@@ -181,7 +185,15 @@ def estimate_training_seconds(cost: CostModel, cfg: TrainConfig, num_train: int,
         schedule = Schedule("fine-tune", cfg.head_epochs or 0, cfg.finetune_epochs or 0, cfg.freeze)
     else:
         schedule = Schedule("feature-extraction", cfg.total_epochs)
-    return cost.seconds(cfg.backbone, schedule, num_train, num_val)
+    return cost.seconds(cfg.backbone, schedule, num_train, num_val, cached_prefix=caches_prefix(cfg))
+
+
+def caches_prefix(cfg: TrainConfig) -> bool:
+    """Whether ``cfg``'s fine-tune epochs run on a cached frozen prefix (fixed views) rather than
+    computing it every epoch on freshly augmented images."""
+    from ..engine.prepare import fixed_views
+
+    return cfg.cache and fixed_views(cfg, trains_backbone=True)
 
 
 # ----------------------------------------------------------------------------- measuring
