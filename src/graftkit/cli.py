@@ -576,7 +576,7 @@ from . import cli_export, cli_scarce, cli_serve, cli_sweep  # noqa: E402
 
 cli_scarce.register(app)  # subsample, label-efficiency, augment-preview, pretrain
 cli_serve.register(app)  # serve
-cli_export.register(app)  # export
+cli_export.register(app)  # export, ensemble
 cli_sweep.register(app)  # sweep
 opt.style_help(app)  # panels, defaults and value names in every command's --help (cli_options.py)
 

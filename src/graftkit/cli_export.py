@@ -30,5 +30,24 @@ def export_command(
     typer.echo(f"{format} → {result.path} (metadata: {result.sidecar})")
 
 
+def ensemble_command(
+    runs: Annotated[list[Path], typer.Argument(help="Two or more run folders trained on the same data and classes.",
+                                              metavar="RUNS...")],
+    out: Path = typer.Option(..., "--out", help="New folder for the joined model."),
+    data: Optional[Path] = typer.Option(None, "--data", help="The members' data folder, when the path their "
+                                        "config.json records is not readable from here."),
+    device: str = typer.Option("auto", help="auto | cpu | cuda."),
+) -> None:
+    """Join trained runs into one model that averages their calibrated logits (each backbone at the size it
+    was trained at); predict, evaluate, serve and export take its folder like a run's (docs/ensemble.md)."""
+    from .workflows.ensemble import ensemble_runs
+
+    metrics = ensemble_runs(runs, out, data, device, say=typer.echo)
+    members = ", ".join(f"{m['backbone']} {m['val_accuracy']:.4f}" if isinstance(m.get("val_accuracy"), float)
+                        else m["backbone"] for m in metrics["members"])
+    typer.echo(f"val_accuracy {metrics['val_accuracy']:.4f} (members: {members}) → {out}")
+
+
 def register(app: typer.Typer) -> None:
     app.command("export")(export_command)
+    app.command("ensemble")(ensemble_command)

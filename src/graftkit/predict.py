@@ -267,8 +267,8 @@ class ImageClassifier:
         if isinstance(top_k, bool) or not isinstance(top_k, int) or top_k < 1:
             raise ConfigError(f"--top-k must be a whole number >= 1, got {top_k!r}")
         if reject_unknown and self.ood is None:
-            raise ConfigError("this model has no unknown detector (model.json has no 'ood': it was trained by "
-                              "an older graftkit). Retrain it, or predict without --reject-unknown.")
+            raise ConfigError(f"this model has no unknown detector (model.json has no 'ood': {self._no_ood_why()}). "
+                              "Predict without --reject-unknown.")
         check_tta(tta, tta_crops)
         return self._predictions(images, min(top_k, len(self.classes)), on_skip or (lambda path, reason: None),
                                  on_progress, reject_unknown, tta, tta_crops)
@@ -290,6 +290,11 @@ class ImageClassifier:
                 reject_unknown: bool = False, tta: bool = False, tta_crops: int = 1) -> list[Prediction]:
         """:meth:`iter_predict` as a list."""
         return list(self.iter_predict(images, top_k, on_skip, on_progress, reject_unknown, tta, tta_crops))
+
+    def _no_ood_why(self) -> str:
+        if self.meta.get("strategy") == "ensemble":
+            return "'graft ensemble' joins the members' classifiers, not their detectors; use a member's run folder"
+        return "it was trained by an older graftkit; retrain it to have one"
 
     def trained_on(self) -> Path | None:
         """The data folder the run was trained on (its config.json), if known."""
@@ -367,8 +372,8 @@ class ImageClassifier:
         image under ``ood_dir``: AUROC, FPR at 95 % TPR and fractions rejected, for the feature
         distance and for the max calibrated probability; accuracy of the accepted images."""
         if self.ood is None:
-            raise ConfigError("this model has no unknown detector (model.json has no 'ood': it was trained by "
-                              "an older graftkit). Retrain it to evaluate --ood.")
+            raise ConfigError(f"this model has no unknown detector (model.json has no 'ood': {self._no_ood_why()}). "
+                              "Evaluate without --ood.")
         found, out_probs, out_features = self._outputs_for_images([Path(ood_dir)], on_skip or (lambda path, reason: None))
         if not found:
             raise DataError(f"no readable images under '{ood_dir}' (--ood). Pass a folder of images.")

@@ -7,6 +7,7 @@ from pathlib import Path
 
 from ..errors import ConfigError
 from . import efficientnet_lite, tiny  # noqa: F401  (importing them registers their factories)
+from .ensemble import build_ensemble, parse_ensemble_name
 from .registry import Backbone, BackboneInfo, registered, registered_backbones
 from .timm_models import create_timm_backbone, timm_model_exists
 from .weights import load_weights_into, read_state_dict
@@ -19,6 +20,9 @@ def list_backbones() -> list[BackboneInfo]:
 
 def native_image_size(name: str) -> int:
     """The input size a backbone was trained at, without building it."""
+    members = parse_ensemble_name(name)
+    if members is not None:
+        return max(size for _, size in members)
     info = registered(name)
     if info is not None:
         return info.image_size
@@ -38,6 +42,9 @@ def create_backbone(name: str, pretrained: bool = True, weights: str | Path | No
         pretrained: load ImageNet weights (packaged ones for the built-ins, timm's hub otherwise).
         weights: a local ``.safetensors`` or ``.pth`` state dict to load instead (never unpickled).
     """
+    joined = build_ensemble(name, create_backbone)  # name@size+name@size: a model from `graft ensemble`
+    if joined is not None and weights is None:
+        return joined
     if weights is not None:
         state = read_state_dict(weights)
         if any(k.startswith("stages.") for k in state):  # saved by graftkit (e.g. `graft pretrain`)
