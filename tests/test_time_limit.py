@@ -264,3 +264,68 @@ def test_measure_backbone_on_the_tiny_backbone_times_steps_only_when_worth_it(sp
     speed = estimated["speed"]
     assert set(speed.train_step) == {1, 2} and speed.train_step[1] == pytest.approx(3 * speed.forward * 3 / 4)
     assert set(timed["speed"].train_step) == {1, 2} and all(v > 0 for v in timed["speed"].train_step.values())
+
+
+def test_a_limit_that_affords_two_backbones_plans_both_to_be_joined(split_data, tmp_path, two_tiny):
+    scan = scan_data(split_data, 0.2, 0)
+    measure = _fake_measure({"tiny_cnn": 0.7, "tiny_b": 0.9}, {"tiny_cnn": 0.5, "tiny_b": 2.0}, [])
+
+    def plan(limit: float, ensemble: bool = True):
+        cfg = TrainConfig(data_dir=split_data, out_dir=tmp_path / f"r{limit:g}{ensemble}", device="cpu",
+                          progress="none")
+        return planner.make_plan(cfg, scan, time_limit=limit, started=time.monotonic(), auto_backbone=True,
+                                 fixed=set(), say=lambda line: None, measure=measure, ensemble=ensemble)
+
+    run_cfg, roomy, _ = plan(3600.0)
+    members = roomy["ensemble"]["members"]
+    assert [m["backbone"] for m in members] == ["tiny_b", "tiny_cnn"]  # the best probe first, then the other
+    assert all(m["settings"]["finetune_epochs"] == 8 and m["settings"]["freeze"] == 1 for m in members)
+    assert [m["folder"] for m in members] == ["members/tiny_b", "members/tiny_cnn"]
+    assert roomy["ensemble"]["predicted_seconds"] <= roomy["available_seconds"]
+    assert sum(m["predicted_seconds"] for m in members) < roomy["ensemble"]["predicted_seconds"]  # + joining
+    assert "joined into one model" in roomy["reason"] and run_cfg.backbone == "tiny_b"
+    # the first member stops in time for the second and the join
+    assert run_cfg.max_seconds < roomy["available_seconds"] - members[1]["predicted_seconds"]
+    assert "ensemble" not in plan(3600.0, ensemble=False)[1]
+    # one backbone affords fine-tune 2+8 but two cannot have 2+5 each: one backbone, as before
+    single = planner.make_plan(
+        TrainConfig(data_dir=split_data, out_dir=tmp_path / "one", device="cpu", progress="none"), scan,
+        time_limit=3600.0, started=time.monotonic(), auto_backbone=True, fixed=set(), say=lambda line: None,
+        measure=_fake_measure({"tiny_cnn": 0.7, "tiny_b": 0.9}, {"tiny_cnn": 14.0, "tiny_b": 14.0}, []))[1]
+    assert "ensemble" not in single and "fine-tune 2 head" in single["chosen"]["schedule"]
+
+
+def test_graft_train_time_limit_joins_two_backbones_into_one_model_that_predicts(split_data, tmp_path, two_tiny,
+                                                                                 monkeypatch):
+    from graftkit.backbones import registry
+    from graftkit.backbones.tiny import tiny_cnn
+
+    info = registry.registered("tiny_cnn")
+    monkeypatch.setitem(registry._REGISTRY, "tiny_b", registry.BackboneInfo(
+        "tiny_b", lambda pretrained=True, weights=None: _renamed(tiny_cnn(pretrained, weights), "tiny_b"),
+        True, "a second tiny backbone", info.image_size))
+    out = tmp_path / "run"
+    result = graft("train", str(split_data), "--time-limit", "10m", "--device", "cpu", "--batch-size", "8",
+                   "--out", str(out), "--plain")
+    assert result.returncode == 0, result.stderr
+    plan = json.loads((out / "plan.json").read_text())
+    names = [m["backbone"] for m in plan["ensemble"]["members"]]
+    assert sorted(names) == ["tiny_b", "tiny_cnn"] and "joined" in result.stdout
+    for name in names:  # each member is a whole run of its own
+        assert json.loads((out / "members" / name / "model.json").read_text())["backbone"] == name
+    joined = json.loads((out / "model.json").read_text())
+    assert joined["backbone"] == "+".join(f"{n}@{info.image_size}" for n in names)
+    metrics = json.loads((out / "metrics.json").read_text())
+    assert [m["backbone"] for m in metrics["members"]] == names
+    image = next((split_data / "val").rglob("*.png"))
+    assert graft("predict", str(out), str(image)).returncode == 0
+    single = graft("train", str(split_data), "--time-limit", "10m", "--no-ensemble", "--device", "cpu",
+                   "--batch-size", "8", "--out", str(tmp_path / "single"), "--plain")
+    assert single.returncode == 0 and not (tmp_path / "single" / "members").exists()
+    refused = graft("train", str(split_data), "--no-ensemble", "--out", str(tmp_path / "x"))
+    assert refused.returncode == 2 and "--time-limit" in refused.stderr
+
+
+def _renamed(backbone, name):
+    backbone.name = name
+    return backbone

@@ -195,6 +195,8 @@ def train(
     plain: opt.Plain = False,
     checkpoint_every: float = typer.Option(_D["checkpoint_every"], help="Seconds between checkpoints (0: every epoch)."),
     time_limit: opt.TimeLimit = None,
+    ensemble: bool = typer.Option(True, help="--time-limit: when the limit affords two backbones, train both and "
+                                  "join them into one model (docs/ensemble.md); --no-ensemble: one backbone."),
     max_seconds: Optional[float] = typer.Option(None, help="Older, training-only budget: no new epoch starts "
                                                 "after it (no plan). Prefer --time-limit."),
     lr_find: bool = typer.Option(False, "--lr-find", help="Run the learning-rate range test first and train with "
@@ -310,6 +312,9 @@ def _planned(ctx: typer.Context, time_limit: Optional[str], backbone: str, max_s
     given = {name for name in ctx.params
              if getattr(ctx.get_parameter_source(name), "name", None) in ("COMMANDLINE", "ENVIRONMENT")}
     auto = backbone.strip().lower() == "auto" or (seconds is not None and "backbone" not in given)
+    if "ensemble" in given and seconds is None:
+        raise ConfigError("--ensemble/--no-ensemble choose how --time-limit spends its time: add --time-limit, or "
+                          "join trained runs with 'graft ensemble'")
     if seconds is None and not auto:
         return None
     if max_seconds is not None and seconds is not None:
@@ -317,7 +322,8 @@ def _planned(ctx: typer.Context, time_limit: Optional[str], backbone: str, max_s
     if freeze_auto or other_workflow or nproc > 1:
         raise ConfigError("--time-limit and --backbone auto plan one run in one process: drop --freeze auto, "
                           "--lr-find, --pseudo-label/--unlabeled and --nproc")
-    return {"time_limit": seconds, "auto_backbone": auto, "fixed": given - {"backbone"}}
+    return {"time_limit": seconds, "auto_backbone": auto, "fixed": given - {"backbone", "ensemble"},
+            "ensemble": ctx.params.get("ensemble", True)}
 
 
 def _after_training(run, quiet: bool) -> None:

@@ -72,7 +72,7 @@ PANELS = {
     "Data": ("val_fraction", "seed", "split_seed", "skip_bad_images"),
     "Model": ("strategy", "backbone", "pretrained", "weights", "image_size", "freeze", "dropout", "train_bn"),
     "Schedule": ("epochs", "head_epochs", "finetune_epochs", "lr", "finetune_lr", "stage_lr_decay", "weight_decay",
-                 "label_smoothing", "balance", "ema", "ema_decay", "lr_find", "time_limit", "max_seconds",
+                 "label_smoothing", "balance", "ema", "ema_decay", "lr_find", "time_limit", "ensemble", "max_seconds",
                  "budget_epochs", "budget_minutes", "seeds", "strategies"),
     "Augmentation": ("augment", "mixup", "cutmix", "cache_views"),
     "Scarce labels": ("unlabeled", "pseudo_label", "rounds", "threshold", "class_quantile", "max_ratio",

@@ -78,8 +78,10 @@ def join_runs(runs: Sequence[Path]) -> tuple[Classifier, dict[str, Any], list[di
 
 
 def ensemble_runs(runs: Sequence[Path], out_dir: Path, data_dir: Path | None = None, device: str = "auto",
-                  say: Callable[[str], None] = print) -> dict[str, Any]:
-    """Join ``runs`` into ``out_dir`` (a new folder): model.json + model.safetensors, config.json (the
+                  say: Callable[[str], None] = print, new_folder: bool = True,
+                  skip_bad_images: bool = False) -> dict[str, Any]:
+    """Join ``runs`` into ``out_dir`` (a new folder, unless ``new_folder`` is False: the planner's run
+    folder, which holds plan.json and the members): model.json + model.safetensors, config.json (the
     data folder and the members) and metrics.json. Returns the metrics."""
     from .. import __version__
     from ..data import scan_data
@@ -87,7 +89,7 @@ def ensemble_runs(runs: Sequence[Path], out_dir: Path, data_dir: Path | None = N
     from ..predict import ImageClassifier
 
     out_dir = Path(out_dir)
-    if out_dir.exists() and (not out_dir.is_dir() or any(out_dir.iterdir())):
+    if new_folder and out_dir.exists() and (not out_dir.is_dir() or any(out_dir.iterdir())):
         raise ConfigError(f"'{out_dir}' already exists and is not an empty folder: pass a new --out.")
     model, meta, members, trained_on = join_runs(runs)
     if data_dir is None:
@@ -99,7 +101,8 @@ def ensemble_runs(runs: Sequence[Path], out_dir: Path, data_dir: Path | None = N
         data_dir = known.pop()
     data_dir = Path(data_dir).resolve()
     split = meta.get("split", {})
-    scan = scan_data(data_dir, float(split.get("val_fraction", 0.2)), int(split.get("seed", 0)))
+    scan = scan_data(data_dir, float(split.get("val_fraction", 0.2)), int(split.get("seed", 0)),
+                     skip_bad_images=skip_bad_images)
     unknown = sorted(set(scan.classes) - set(meta["classes"]))
     if unknown or not scan.val:
         raise DataError(f"'{data_dir}' is not the members' data: " + (f"it has classes they do not know "
@@ -122,7 +125,7 @@ def ensemble_runs(runs: Sequence[Path], out_dir: Path, data_dir: Path | None = N
     save_model(out_dir, model, meta)
     atomic_write_text(out_dir / "config.json", json.dumps({"data_dir": str(data_dir), "strategy": "ensemble",
                                                            "members": [m["run"] for m in members]}, indent=2))
-    result = ImageClassifier.from_run(out_dir, device).evaluate(data_dir, split="val")
+    result = ImageClassifier.from_run(out_dir, device).evaluate(data_dir, split="val", skip_bad_images=skip_bad_images)
     metrics = {"val_accuracy": result["accuracy"], "val_balanced_accuracy": result.get("balanced_accuracy"),
                "val_macro_f1": result.get("macro_f1"), "members": members, "evaluation": result}
     atomic_write_text(out_dir / "metrics.json", json.dumps(metrics, indent=2))

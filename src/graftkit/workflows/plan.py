@@ -40,6 +40,13 @@ PLAN_NAME = "plan.json"
 SUBSET_NAME = "plan_split.csv"  # the training images kept when the limit cannot afford them all
 MIN_TRAIN_PER_CLASS = 5
 LABEL_ISSUES_SECONDS = 20.0  # the check after training (up to a minute of CPU) runs when this much is left
+# Two backbones joined (``graft ensemble``) when the limit affords each of them one of these fine-tune
+# lengths (stage 0 frozen), the longest first; otherwise one backbone. The curves flatten after 4-5
+# fine-tune epochs (history.jsonl of the 15m runs), and joining two backbones' runs measured +0.4
+# (flowers, lite0 + lite1) and +0.8 points (dtd10, lite0 + lite2) over the better one (docs/ensemble.md).
+ENSEMBLE_FINETUNE_EPOCHS = (8, 6, 5)
+JOIN_FIXED_SECONDS = 5.0  # loading the members and writing the joined model
+MEMBERS_DIR = "members"
 
 
 def schedule_ladder(num_stages: int) -> list[Schedule]:
@@ -109,6 +116,35 @@ def choose(candidates: list[dict[str, Any]], schedules: Callable[[str], Sequence
         why.append(f"{chosen['schedule'].describe(chosen['num_stages'])}: predicted {chosen['predicted_seconds']:.0f}s "
                    f"of {available:.0f}s available" + ("" if chosen["fits"] else " (the cheapest; over budget)"))
     return chosen, "; ".join(why)
+
+
+def plan_pair(candidates: list[dict[str, Any]], chosen: dict[str, Any], seconds: Callable[[str, Schedule], float],
+              join_seconds: Callable[[str, str], float], available: float) -> dict[str, Any] | None:
+    """A second backbone to train after ``chosen`` and join with it, when ``available`` seconds afford
+    both at one of :data:`ENSEMBLE_FINETUNE_EPOCHS`: the best probe of the others (ties within the
+    probe's standard error: the cheapest pair). None when no pair fits."""
+    if chosen.get("tier") != 2 or not chosen.get("fits"):
+        return None
+    others = [c for c in candidates if c is not chosen and c.get("probe_accuracy") is not None]
+    if not others:
+        return None
+    best = max(c["probe_accuracy"] for c in others)
+    tolerance = tie_tolerance(best, max(c["inner_val_images"] for c in others))
+    ties = [c for c in others if c["probe_accuracy"] >= best - tolerance - 1e-12]
+    for epochs in ENSEMBLE_FINETUNE_EPOCHS:
+        options = []
+        for second in ties:
+            first_schedule, second_schedule = (Schedule("fine-tune", 2, epochs, min(1, c["num_stages"] - 1))
+                                               for c in (chosen, second))
+            first_s, second_s = seconds(chosen["backbone"], first_schedule), seconds(second["backbone"], second_schedule)
+            total = first_s + second_s + join_seconds(chosen["backbone"], second["backbone"])
+            if total <= available:
+                options.append((total, second["backbone"], [(chosen, first_schedule, first_s),
+                                                             (second, second_schedule, second_s)]))
+        if options:
+            total, _, members = min(options, key=lambda o: (o[0], o[1]))
+            return {"members": members, "predicted_seconds": total, "finetune_epochs": epochs}
+    return None
 
 
 def probe_backbones(cfg: TrainConfig, inner, names: Sequence[str], budget: float | None,
@@ -204,10 +240,13 @@ def train_subset(scan, inner, num: int, seed: int):
 
 
 def make_plan(cfg: TrainConfig, scan, *, time_limit: float | None, started: float, auto_backbone: bool,
-              fixed: set[str], say: Callable[[str], None] = print, measure: Callable = measure_backbone):
+              fixed: set[str], say: Callable[[str], None] = print, measure: Callable = measure_backbone,
+              ensemble: bool = True):
     """Probe, then choose. Returns ``(run config, plan.json's content, scan to train on)``: the config
     has ``max_seconds`` under a limit; when even the cheapest plan cannot fit, the scan keeps a
-    stratified subset of the training images that does (listed in ``plan_split.csv``)."""
+    stratified subset of the training images that does (listed in ``plan_split.csv``). With
+    ``ensemble`` and a limit that affords two backbones (:func:`plan_pair`), plan.json's ``ensemble``
+    lists both members (the run config is the first's) and ``train_planned`` joins them."""
     schedule_fixed = bool(fixed & set(SCHEDULE_FIELDS)) or time_limit is None
     if not schedule_fixed and "augment" not in fixed:
         cfg = cfg.replace(augment=PLANNED_AUGMENT)  # probe as the run will train: its features are reused
@@ -230,6 +269,18 @@ def make_plan(cfg: TrainConfig, scan, *, time_limit: float | None, started: floa
         return [user_schedule(cfg)] if schedule_fixed else schedule_ladder(by_name[name]["num_stages"])
 
     chosen, reason = choose(rows, schedules, seconds, available)
+    pair = None
+    if ensemble and available is not None and not schedule_fixed:
+        def join_seconds(first: str, second: str) -> float:  # the members' forward passes over val, twice
+            return JOIN_FIXED_SECONDS + 2 * num_val * (by_name[first]["speed"].forward + by_name[second]["speed"].forward)
+
+        pair = plan_pair(rows, chosen, seconds, join_seconds, available)
+    if pair is not None:
+        chosen["schedule"], chosen["predicted_seconds"] = pair["members"][0][1], round(pair["members"][0][2], 1)
+        names = " and ".join(c["backbone"] for c, _, _ in pair["members"])
+        reason += (f"; the limit affords two backbones at fine-tune 2+{pair['finetune_epochs']} each: {names} train "
+                   f"one after the other and are joined into one model (the mean of their calibrated logits, "
+                   f"docs/ensemble.md), predicted {pair['predicted_seconds']:.0f}s of {available:.0f}s")
     name, schedule = chosen["backbone"], chosen["schedule"]
     changes = {} if schedule_fixed else schedule_settings(schedule, fixed)
     run_cfg, run_scan = cfg.replace(backbone=name, **changes), scan
@@ -243,9 +294,10 @@ def make_plan(cfg: TrainConfig, scan, *, time_limit: float | None, started: floa
             chosen["predicted_seconds"] = round(seconds(name, schedule, len(run_scan.train)), 1)
             reason += (f"; the limit affords {len(run_scan.train)} of {num_train} training images (stratified, "
                        f"seeded; {SUBSET_NAME}), predicted {chosen['predicted_seconds']:.0f}s")
+    after_first = 0.0 if pair is None else pair["predicted_seconds"] - pair["members"][0][2]
     if available is not None:
         epoch = cost.epoch_seconds(name, schedule, len(run_scan.train), num_val, cached)
-        left = time_limit * TARGET_FRACTION - (time.monotonic() - started) - reserve
+        left = time_limit * TARGET_FRACTION - (time.monotonic() - started) - reserve - after_first
         run_cfg = run_cfg.replace(max_seconds=round(max(left - epoch, 1.0), 1))
     plan = {"time_limit_seconds": time_limit, "seconds_before_plan": round(elapsed, 1),
             "reserve_seconds": reserve, "available_seconds": None if available is None else round(available, 1),
@@ -256,19 +308,69 @@ def make_plan(cfg: TrainConfig, scan, *, time_limit: float | None, started: floa
                 "predicted_seconds": chosen["predicted_seconds"], "settings": changes,
                 "max_seconds": run_cfg.max_seconds},
             "reason": reason}
+    if pair is not None:
+        plan["ensemble"] = {
+            "predicted_seconds": round(pair["predicted_seconds"], 1),
+            "join_seconds": round(pair["predicted_seconds"] - sum(m[2] for m in pair["members"]), 1),
+            "members": [{"backbone": c["backbone"], "schedule": sched.describe(c["num_stages"]),
+                         "predicted_seconds": round(sec, 1), "settings": schedule_settings(sched, fixed),
+                         "epoch_seconds": round(cost.epoch_seconds(c["backbone"], sched, num_train, num_val, cached), 1),
+                         "folder": f"{MEMBERS_DIR}/{c['backbone']}"} for c, sched, sec in pair["members"]]}
+        plan["chosen"]["ensemble"] = [m["backbone"] for m in plan["ensemble"]["members"]]
     return run_cfg, plan, run_scan
 
 
 def summary_line(plan: dict[str, Any]) -> str:
     c = plan["chosen"]
     limit = "" if plan["time_limit_seconds"] is None else f" of {plan['time_limit_seconds']:.0f}s"
+    if "ensemble" in plan:
+        pair = plan["ensemble"]
+        return (f"plan: {' + '.join(m['backbone'] for m in pair['members'])} joined, {c['schedule']} each, predicted "
+                f"{pair['predicted_seconds']:.0f}s{limit} ({len(plan['candidates'])} candidate(s), plan.json)")
     return (f"plan: {c['backbone']}, {c['schedule']}, predicted {c['predicted_seconds']:.0f}s{limit} "
             f"({len(plan['candidates'])} candidate(s), plan.json)")
 
 
+def train_pair(run_cfg: TrainConfig, plan: dict[str, Any], scan, *, time_limit: float, started: float,
+               train: Callable, say: Callable[[str], None]):
+    """Train the two members plan.json's ``ensemble`` lists into ``members/``, one after the other, and
+    join them into the run folder. When the first took so long that the second's predicted run no
+    longer fits, the run folder gets the first member's files instead. Returns ``(run, first member's
+    run)``."""
+    import shutil
+
+    from ..engine.checkpoint import load_model
+    from ..engine.fit import Run
+    from .ensemble import ensemble_runs
+
+    out_dir, pair = Path(run_cfg.out_dir), plan["ensemble"]
+    first_info, second_info = pair["members"]
+    first = train(run_cfg.replace(out_dir=out_dir / first_info["folder"]), scan=scan)
+    left = time_limit * TARGET_FRACTION - (time.monotonic() - started) - plan["reserve_seconds"] - pair["join_seconds"]
+    if left < second_info["predicted_seconds"]:
+        say(f"plan: {second_info['backbone']} no longer fits ({left:.0f}s left, {second_info['predicted_seconds']:.0f}s "
+            f"predicted): the run is {first_info['backbone']} alone (its files copied from {first_info['folder']})")
+        for path in sorted(Path(first.out_dir).iterdir()):
+            if path.is_file() and not path.is_symlink():
+                shutil.copy2(path, out_dir / path.name)
+        return Run(out_dir, first.config, first.classes, first.metrics, first.history, first.model), first
+    second_cfg = run_cfg.replace(backbone=second_info["backbone"], **second_info["settings"],
+                                 out_dir=out_dir / second_info["folder"],
+                                 max_seconds=round(max(left - second_info["epoch_seconds"], 1.0), 1))
+    second = train(second_cfg, scan=scan)
+    metrics = ensemble_runs([first.out_dir, second.out_dir], out_dir, data_dir=scan.root, device=run_cfg.device,
+                            say=say, new_folder=False, skip_bad_images=run_cfg.skip_bad_images)
+    say(f"val_accuracy {metrics['val_accuracy']:.4f} joined ({first_info['backbone']} "
+        f"{first.metrics['val_accuracy']:.4f}, {second_info['backbone']} {second.metrics['val_accuracy']:.4f}) "
+        f"→ {out_dir}")
+    return Run(out_dir, first.config, first.classes, metrics, [], load_model(out_dir)[0]), first
+
+
 def train_planned(cfg: TrainConfig, *, time_limit: float | None, started: float, auto_backbone: bool,
-                  fixed: set[str] = frozenset(), measure: Callable = measure_backbone, train: Callable | None = None):
-    """Scan, probe, plan (``plan.json``), train; then the label-issue check when time is left."""
+                  fixed: set[str] = frozenset(), measure: Callable = measure_backbone, train: Callable | None = None,
+                  ensemble: bool = True):
+    """Scan, probe, plan (``plan.json``), train (two backbones joined, when the limit affords them and
+    ``ensemble``); then the label-issue check when time is left."""
     from ..engine.fit import fit, prepare_out_dir
     from ..engine.label_issues import check_run_label_issues
     from ..engine.prepare import scan_for
@@ -279,17 +381,21 @@ def train_planned(cfg: TrainConfig, *, time_limit: float | None, started: float,
     cfg = cfg.replace(out_dir=out_dir)
     scan = scan_for(cfg)
     run_cfg, plan, scan = make_plan(cfg, scan, time_limit=time_limit, started=started, auto_backbone=auto_backbone,
-                                    fixed=set(fixed), say=say, measure=measure)
+                                    fixed=set(fixed), say=say, measure=measure, ensemble=ensemble)
     if run_cfg.split_file is not None and run_cfg.split_file != cfg.split_file:
         from ..data.split_file import write_split_file
 
         write_split_file(run_cfg.split_file, scan.root, scan.train, scan.val)
     atomic_write_text(Path(out_dir) / PLAN_NAME, json.dumps(plan, indent=2))
     print(summary_line(plan), flush=True)
-    run = (train or fit)(run_cfg, scan=scan)
+    if "ensemble" in plan:
+        run, checked = train_pair(run_cfg, plan, scan, time_limit=time_limit, started=started, train=train or fit,
+                                  say=say)
+    else:
+        run = checked = (train or fit)(run_cfg, scan=scan)
     left = None if time_limit is None else time_limit - (time.monotonic() - started)
     if left is None or left > LABEL_ISSUES_SECONDS:
-        line = check_run_label_issues(run.config, run.out_dir)
+        line = check_run_label_issues(checked.config, checked.out_dir)
     else:
         line = "label issues: not checked (the time limit is spent); run 'graft check-data DATA --label-issues'"
     if cfg.progress != "none":
