@@ -295,6 +295,51 @@ def test_a_limit_that_affords_two_backbones_plans_both_to_be_joined(split_data, 
     assert "ensemble" not in single and "fine-tune 2 head" in single["chosen"]["schedule"]
 
 
+def test_more_members_come_first_then_more_epochs_and_a_late_member_is_skipped(split_data, tmp_path, monkeypatch):
+    monkeypatch.setattr(planner, "AUTO_BACKBONES", ("tiny_cnn", "tiny_b", "tiny_c"))
+    scan = scan_data(split_data, 0.2, 0)
+    measure = _fake_measure({"tiny_cnn": 0.8, "tiny_b": 0.9, "tiny_c": 0.85}, {"tiny_cnn": 1.0, "tiny_b": 1.0,
+                                                                             "tiny_c": 1.0}, [])
+
+    def plan(limit: float):
+        cfg = TrainConfig(data_dir=split_data, out_dir=tmp_path / f"r{limit:g}", device="cpu", progress="none")
+        return planner.make_plan(cfg, scan, time_limit=limit, started=time.monotonic(), auto_backbone=True,
+                                 fixed=set(), say=lambda line: None, measure=measure)[1]
+
+    roomy = plan(3600.0)["ensemble"]
+    assert [m["backbone"] for m in roomy["members"]] == ["tiny_b", "tiny_cnn", "tiny_c"]
+    assert all(m["settings"]["finetune_epochs"] == 8 for m in roomy["members"])
+    # per member ~140 s at 2+5, ~163 s at 2+6, ~208 s at 2+8 (a training step: 1 s per image): three fit
+    # 465 s available only at 2+5
+    tight = plan(500.0)["ensemble"]
+    assert len(tight["members"]) == 3 and tight["members"][0]["settings"]["finetune_epochs"] == 5
+    pair = plan(380.0)["ensemble"]
+    assert len(pair["members"]) == 2 and pair["predicted_seconds"] <= plan(380.0)["available_seconds"]
+
+    # training: the second member ran late, so the third no longer fits and is skipped; two are joined
+    trained, joined = [], []
+    monkeypatch.setattr("graftkit.workflows.ensemble.ensemble_runs",
+                        lambda runs, out, **kw: joined.append(list(runs)) or {"val_accuracy": 0.5})
+    monkeypatch.setattr("graftkit.engine.checkpoint.load_model", lambda path: (None, {}))
+    plan_json = plan(3600.0)
+    roomy = plan_json["ensemble"]
+    clock = {"now": 0.0}
+    monkeypatch.setattr(planner.time, "monotonic", lambda: clock["now"])
+
+    def train(cfg, scan=None):
+        trained.append(cfg.backbone)
+        clock["now"] += 3200.0 if len(trained) == 2 else 10.0  # the second member takes far longer than planned
+        return SimpleNamespace(config=cfg, out_dir=cfg.out_dir, metrics={"val_accuracy": 1.0}, classes=["a", "b"],
+                               history=[], model=None)
+
+    cfg = TrainConfig(data_dir=split_data, out_dir=tmp_path / "r3600", device="cpu", progress="none",
+                      backbone="tiny_b")
+    lines = []
+    planner.train_members(cfg, plan_json, scan, time_limit=3600.0, started=0.0, train=train, say=lines.append)
+    assert trained == ["tiny_b", "tiny_cnn"] and len(joined[0]) == 2
+    assert any("tiny_c no longer fits" in line for line in lines)
+
+
 def test_graft_train_time_limit_joins_two_backbones_into_one_model_that_predicts(split_data, tmp_path, two_tiny,
                                                                                  monkeypatch):
     from graftkit.backbones import registry

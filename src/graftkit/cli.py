@@ -195,8 +195,8 @@ def train(
     plain: opt.Plain = False,
     checkpoint_every: float = typer.Option(_D["checkpoint_every"], help="Seconds between checkpoints (0: every epoch)."),
     time_limit: opt.TimeLimit = None,
-    ensemble: bool = typer.Option(True, help="--time-limit: when the limit affords two backbones, train both and "
-                                  "join them into one model (docs/ensemble.md); --no-ensemble: one backbone."),
+    ensemble: bool = typer.Option(True, help="--time-limit: when the limit affords two or three backbones, train "
+                                  "them all and join them into one model (docs/ensemble.md); --no-ensemble: one backbone."),
     max_seconds: Optional[float] = typer.Option(None, help="Older, training-only budget: no new epoch starts "
                                                 "after it (no plan). Prefer --time-limit."),
     lr_find: bool = typer.Option(False, "--lr-find", help="Run the learning-rate range test first and train with "

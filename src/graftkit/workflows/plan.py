@@ -11,6 +11,7 @@ never on the val split the run reports. ``plan.json`` in the run folder records 
 """
 from __future__ import annotations
 
+import itertools
 import json
 import time
 from pathlib import Path
@@ -40,11 +41,13 @@ PLAN_NAME = "plan.json"
 SUBSET_NAME = "plan_split.csv"  # the training images kept when the limit cannot afford them all
 MIN_TRAIN_PER_CLASS = 5
 LABEL_ISSUES_SECONDS = 20.0  # the check after training (up to a minute of CPU) runs when this much is left
-# Two backbones joined (``graft ensemble``) when the limit affords each of them one of these fine-tune
-# lengths (stage 0 frozen), the longest first; otherwise one backbone. The curves flatten after 4-5
+# Two or three backbones joined (``graft ensemble``) when the limit affords each of them one of these
+# fine-tune lengths (stage 0 frozen): more members first, then the longest; otherwise one backbone.
+# Single runs use the time they are given poorly: their curves flatten after 4-5
 # fine-tune epochs (history.jsonl of the 15m runs), and joining two backbones' runs measured +0.4
 # (flowers, lite0 + lite1) and +0.8 points (dtd10, lite0 + lite2) over the better one (docs/ensemble.md).
 ENSEMBLE_FINETUNE_EPOCHS = (8, 6, 5)
+MAX_MEMBERS = 3  # the three offline backbones
 JOIN_FIXED_SECONDS = 5.0  # loading the members and writing the joined model
 MEMBERS_DIR = "members"
 
@@ -118,11 +121,12 @@ def choose(candidates: list[dict[str, Any]], schedules: Callable[[str], Sequence
     return chosen, "; ".join(why)
 
 
-def plan_pair(candidates: list[dict[str, Any]], chosen: dict[str, Any], seconds: Callable[[str, Schedule], float],
-              join_seconds: Callable[[str, str], float], available: float) -> dict[str, Any] | None:
-    """A second backbone to train after ``chosen`` and join with it, when ``available`` seconds afford
-    both at one of :data:`ENSEMBLE_FINETUNE_EPOCHS`: the best probe of the others (ties within the
-    probe's standard error: the cheapest pair). None when no pair fits."""
+def plan_members(candidates: list[dict[str, Any]], chosen: dict[str, Any], seconds: Callable[[str, Schedule], float],
+                 join_seconds: Callable[[Sequence[str]], float], available: float) -> dict[str, Any] | None:
+    """Backbones to train after ``chosen`` and join with it, when ``available`` seconds afford them all at
+    one of :data:`ENSEMBLE_FINETUNE_EPOCHS`: as many as :data:`MAX_MEMBERS` (more members first, then
+    more epochs), drawn from the probes within the standard error of the best of the others (the
+    cheapest group of them). None when not even two fit."""
     if chosen.get("tier") != 2 or not chosen.get("fits"):
         return None
     others = [c for c in candidates if c is not chosen and c.get("probe_accuracy") is not None]
@@ -131,19 +135,18 @@ def plan_pair(candidates: list[dict[str, Any]], chosen: dict[str, Any], seconds:
     best = max(c["probe_accuracy"] for c in others)
     tolerance = tie_tolerance(best, max(c["inner_val_images"] for c in others))
     ties = [c for c in others if c["probe_accuracy"] >= best - tolerance - 1e-12]
-    for epochs in ENSEMBLE_FINETUNE_EPOCHS:
-        options = []
-        for second in ties:
-            first_schedule, second_schedule = (Schedule("fine-tune", 2, epochs, min(1, c["num_stages"] - 1))
-                                               for c in (chosen, second))
-            first_s, second_s = seconds(chosen["backbone"], first_schedule), seconds(second["backbone"], second_schedule)
-            total = first_s + second_s + join_seconds(chosen["backbone"], second["backbone"])
-            if total <= available:
-                options.append((total, second["backbone"], [(chosen, first_schedule, first_s),
-                                                             (second, second_schedule, second_s)]))
-        if options:
-            total, _, members = min(options, key=lambda o: (o[0], o[1]))
-            return {"members": members, "predicted_seconds": total, "finetune_epochs": epochs}
+    for count in range(min(MAX_MEMBERS, len(ties) + 1), 1, -1):
+        for epochs in ENSEMBLE_FINETUNE_EPOCHS:
+            options = []
+            for group in itertools.combinations(ties, count - 1):
+                members = [(c, Schedule("fine-tune", 2, epochs, min(1, c["num_stages"] - 1))) for c in (chosen, *group)]
+                members = [(c, schedule, seconds(c["backbone"], schedule)) for c, schedule in members]
+                total = sum(m[2] for m in members) + join_seconds([c["backbone"] for c, _, _ in members])
+                if total <= available:
+                    options.append((total, [c["backbone"] for c in group], members))
+            if options:
+                total, _, members = min(options, key=lambda o: (o[0], o[1]))
+                return {"members": members, "predicted_seconds": total, "finetune_epochs": epochs}
     return None
 
 
@@ -245,8 +248,8 @@ def make_plan(cfg: TrainConfig, scan, *, time_limit: float | None, started: floa
     """Probe, then choose. Returns ``(run config, plan.json's content, scan to train on)``: the config
     has ``max_seconds`` under a limit; when even the cheapest plan cannot fit, the scan keeps a
     stratified subset of the training images that does (listed in ``plan_split.csv``). With
-    ``ensemble`` and a limit that affords two backbones (:func:`plan_pair`), plan.json's ``ensemble``
-    lists both members (the run config is the first's) and ``train_planned`` joins them."""
+    ``ensemble`` and a limit that affords two or three backbones (:func:`plan_members`), plan.json's
+    ``ensemble`` lists the members (the run config is the first's) and ``train_planned`` joins them."""
     schedule_fixed = bool(fixed & set(SCHEDULE_FIELDS)) or time_limit is None
     if not schedule_fixed and "augment" not in fixed:
         cfg = cfg.replace(augment=PLANNED_AUGMENT)  # probe as the run will train: its features are reused
@@ -271,16 +274,17 @@ def make_plan(cfg: TrainConfig, scan, *, time_limit: float | None, started: floa
     chosen, reason = choose(rows, schedules, seconds, available)
     pair = None
     if ensemble and available is not None and not schedule_fixed:
-        def join_seconds(first: str, second: str) -> float:  # the members' forward passes over val, twice
-            return JOIN_FIXED_SECONDS + 2 * num_val * (by_name[first]["speed"].forward + by_name[second]["speed"].forward)
+        def join_seconds(names: Sequence[str]) -> float:  # the members' forward passes over val, twice
+            return JOIN_FIXED_SECONDS + 2 * num_val * sum(by_name[n]["speed"].forward for n in names)
 
-        pair = plan_pair(rows, chosen, seconds, join_seconds, available)
+        pair = plan_members(rows, chosen, seconds, join_seconds, available)
     if pair is not None:
         chosen["schedule"], chosen["predicted_seconds"] = pair["members"][0][1], round(pair["members"][0][2], 1)
-        names = " and ".join(c["backbone"] for c, _, _ in pair["members"])
-        reason += (f"; the limit affords two backbones at fine-tune 2+{pair['finetune_epochs']} each: {names} train "
-                   f"one after the other and are joined into one model (the mean of their calibrated logits, "
-                   f"docs/ensemble.md), predicted {pair['predicted_seconds']:.0f}s of {available:.0f}s")
+        names = ", ".join(c["backbone"] for c, _, _ in pair["members"])
+        reason += (f"; the limit affords {len(pair['members'])} backbones at fine-tune 2+{pair['finetune_epochs']} "
+                   f"each: {names} train one after the other and are joined into one model (the mean of their "
+                   f"calibrated logits, docs/ensemble.md), predicted {pair['predicted_seconds']:.0f}s of "
+                   f"{available:.0f}s")
     name, schedule = chosen["backbone"], chosen["schedule"]
     changes = {} if schedule_fixed else schedule_settings(schedule, fixed)
     run_cfg, run_scan = cfg.replace(backbone=name, **changes), scan
@@ -331,12 +335,12 @@ def summary_line(plan: dict[str, Any]) -> str:
             f"({len(plan['candidates'])} candidate(s), plan.json)")
 
 
-def train_pair(run_cfg: TrainConfig, plan: dict[str, Any], scan, *, time_limit: float, started: float,
-               train: Callable, say: Callable[[str], None]):
-    """Train the two members plan.json's ``ensemble`` lists into ``members/``, one after the other, and
-    join them into the run folder. When the first took so long that the second's predicted run no
-    longer fits, the run folder gets the first member's files instead. Returns ``(run, first member's
-    run)``."""
+def train_members(run_cfg: TrainConfig, plan: dict[str, Any], scan, *, time_limit: float, started: float,
+                  train: Callable, say: Callable[[str], None]):
+    """Train the members plan.json's ``ensemble`` lists into ``members/``, one after the other, and join
+    them into the run folder. A member whose predicted run no longer fits what is left (an earlier one
+    ran late) is skipped, with the ones after it; with one member left, the run folder gets its files.
+    Returns ``(run, first member's run)``."""
     import shutil
 
     from ..engine.checkpoint import load_model
@@ -344,32 +348,36 @@ def train_pair(run_cfg: TrainConfig, plan: dict[str, Any], scan, *, time_limit: 
     from .ensemble import ensemble_runs
 
     out_dir, pair = Path(run_cfg.out_dir), plan["ensemble"]
-    first_info, second_info = pair["members"]
-    first = train(run_cfg.replace(out_dir=out_dir / first_info["folder"]), scan=scan)
-    left = time_limit * TARGET_FRACTION - (time.monotonic() - started) - plan["reserve_seconds"] - pair["join_seconds"]
-    if left < second_info["predicted_seconds"]:
-        say(f"plan: {second_info['backbone']} no longer fits ({left:.0f}s left, {second_info['predicted_seconds']:.0f}s "
-            f"predicted): the run is {first_info['backbone']} alone (its files copied from {first_info['folder']})")
+    infos = pair["members"]
+    runs = [train(run_cfg.replace(out_dir=out_dir / infos[0]["folder"]), scan=scan)]
+    for index, info in enumerate(infos[1:], 1):
+        later = sum(m["predicted_seconds"] for m in infos[index + 1:])
+        left = (time_limit * TARGET_FRACTION - (time.monotonic() - started) - plan["reserve_seconds"]
+                - pair["join_seconds"] - later)
+        if left < info["predicted_seconds"]:
+            say(f"plan: {info['backbone']} no longer fits ({left:.0f}s left, {info['predicted_seconds']:.0f}s predicted): "
+                f"{', '.join(m['backbone'] for m in infos[index:])} skipped")
+            break
+        runs.append(train(run_cfg.replace(backbone=info["backbone"], **info["settings"], out_dir=out_dir / info["folder"],
+                                          max_seconds=round(max(left - info["epoch_seconds"], 1.0), 1)), scan=scan))
+    first = runs[0]
+    if len(runs) == 1:
+        say(f"plan: the run is {infos[0]['backbone']} alone (its files copied from {infos[0]['folder']})")
         for path in sorted(Path(first.out_dir).iterdir()):
             if path.is_file() and not path.is_symlink():
                 shutil.copy2(path, out_dir / path.name)
         return Run(out_dir, first.config, first.classes, first.metrics, first.history, first.model), first
-    second_cfg = run_cfg.replace(backbone=second_info["backbone"], **second_info["settings"],
-                                 out_dir=out_dir / second_info["folder"],
-                                 max_seconds=round(max(left - second_info["epoch_seconds"], 1.0), 1))
-    second = train(second_cfg, scan=scan)
-    metrics = ensemble_runs([first.out_dir, second.out_dir], out_dir, data_dir=scan.root, device=run_cfg.device,
+    metrics = ensemble_runs([r.out_dir for r in runs], out_dir, data_dir=scan.root, device=run_cfg.device,
                             say=say, new_folder=False, skip_bad_images=run_cfg.skip_bad_images)
-    say(f"val_accuracy {metrics['val_accuracy']:.4f} joined ({first_info['backbone']} "
-        f"{first.metrics['val_accuracy']:.4f}, {second_info['backbone']} {second.metrics['val_accuracy']:.4f}) "
-        f"→ {out_dir}")
+    members = ", ".join(f"{r.config.backbone} {r.metrics['val_accuracy']:.4f}" for r in runs)
+    say(f"val_accuracy {metrics['val_accuracy']:.4f} joined ({members}) → {out_dir}")
     return Run(out_dir, first.config, first.classes, metrics, [], load_model(out_dir)[0]), first
 
 
 def train_planned(cfg: TrainConfig, *, time_limit: float | None, started: float, auto_backbone: bool,
                   fixed: set[str] = frozenset(), measure: Callable = measure_backbone, train: Callable | None = None,
                   ensemble: bool = True):
-    """Scan, probe, plan (``plan.json``), train (two backbones joined, when the limit affords them and
+    """Scan, probe, plan (``plan.json``), train (two or three backbones joined, when the limit affords them and
     ``ensemble``); then the label-issue check when time is left."""
     from ..engine.fit import fit, prepare_out_dir
     from ..engine.label_issues import check_run_label_issues
@@ -389,8 +397,8 @@ def train_planned(cfg: TrainConfig, *, time_limit: float | None, started: float,
     atomic_write_text(Path(out_dir) / PLAN_NAME, json.dumps(plan, indent=2))
     print(summary_line(plan), flush=True)
     if "ensemble" in plan:
-        run, checked = train_pair(run_cfg, plan, scan, time_limit=time_limit, started=started, train=train or fit,
-                                  say=say)
+        run, checked = train_members(run_cfg, plan, scan, time_limit=time_limit, started=started,
+                                     train=train or fit, say=say)
     else:
         run = checked = (train or fit)(run_cfg, scan=scan)
     left = None if time_limit is None else time_limit - (time.monotonic() - started)
