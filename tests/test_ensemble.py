@@ -40,6 +40,8 @@ def test_the_joined_model_averages_the_members_calibrated_logits(split_folder, t
     assert unknown.returncode == 2 and "use a member's run folder" in unknown.stderr
     nested = graft("ensemble", str(tmp_path / "ens"), str(runs[0].out_dir), "--out", str(tmp_path / "nested"))
     assert nested.returncode == 2 and "is an ensemble already" in nested.stderr
+    resumed = graft("train", "--resume", str(tmp_path / "ens"))
+    assert resumed.returncode == 2 and "nothing" not in resumed.stderr and "no training to resume" in resumed.stderr
 
 
 def test_members_of_different_sizes_each_see_their_own_size(split_folder, tmp_path):

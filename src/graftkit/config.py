@@ -197,6 +197,11 @@ class TrainConfig:
         if not isinstance(saved, dict):
             raise ConfigError(f"'{path}' must hold a JSON object of settings, got {type(saved).__name__}; "
                               f"--resume needs a run folder written by 'graft train'.")
+        if saved.get("strategy") == "ensemble":
+            members = [str(m) for m in saved.get("members", [])] if isinstance(saved.get("members"), list) else []
+            raise ConfigError(f"'{run_dir}' holds runs joined into one model ('graft ensemble'): there is no "
+                              f"training to resume. Resume one of its members ({', '.join(members) or 'members/'}) "
+                              f"and join them again, or train anew.")
         known = {f.name for f in dataclasses.fields(cls)}
         values = {k: v for k, v in saved.items() if k in known}
         values["image_size"] = saved.get("image_size", values.get("image_size"))
