@@ -298,10 +298,7 @@ class ImageClassifier:
 
     def trained_on(self) -> Path | None:
         """The data folder the run was trained on (its config.json), if known."""
-        try:
-            return Path(json.loads((self.run_dir / "config.json").read_text())["data_dir"])
-        except (TypeError, OSError, ValueError, KeyError):
-            return None
+        return trained_on(self.run_dir)
 
     def _validated_on(self) -> list[Path]:
         """The folders whose hold-out is the run's validation set: its data folder, and for a run
@@ -351,15 +348,21 @@ class ImageClassifier:
             raise DataError(f"'{data_dir}' has no images in split {split!r}.")
         to_model = [self.classes.index(scan.classes[s.label]) for s in samples]
         logits, features = self.predict_outputs([s.path for s in samples], tta, tta_crops)
+        about = {"split": split, "data_dir": str(data_dir),
+                 "scored": scored_text(Path(data_dir), split, scan.layout, own, val_fraction, seed)}
+        return self.score_outputs(logits, features, np.array(to_model), about, tta_crops if tta else None, ood_dir,
+                                  on_skip)
+
+    def score_outputs(self, logits: np.ndarray, features: np.ndarray, labels: np.ndarray, about: dict,
+                      tta_crops: int | None = None, ood_dir: str | Path | None = None, on_skip=None) -> dict:
+        """:meth:`evaluate`'s figures from the outputs of :meth:`predict_outputs` on labelled images
+        (``labels`` in the model's class order); ``about`` (split, data_dir, scored) goes into the result."""
         probs = self.probabilities(logits)
-        labels = np.array(to_model)
         result = classification_metrics(labels, probs.argmax(1), self.classes)
         # as training computes val_loss (T = 1), so a run's figure is reproduced; calibrated: calibration.nll_after
         result["loss"] = log_loss(labels, mean_softmax(logits).astype(np.float32))
-        result["tta"] = describe_tta(tta_crops) if tta else None
-        result["split"] = split
-        result["data_dir"] = str(data_dir)
-        result["scored"] = _scored_text(Path(data_dir), split, scan.layout, own, val_fraction, seed)
+        result["tta"] = describe_tta(tta_crops) if tta_crops is not None else None
+        result.update(about)
         result["calibration"] = calibration_figures(logits, labels, self.temperature, self.meta.get("calibration"))
         if ood_dir is not None:
             result["ood"] = self.evaluate_unknown(probs, features, labels, ood_dir, on_skip)
@@ -391,7 +394,15 @@ class ImageClassifier:
                             "accepted_accuracy": float(correct[keeps[0]].mean()) if keeps[0].any() else None}
         return result
 
-def _scored_text(data_dir: Path, split: str, layout: str, own: bool, val_fraction: float, seed: int) -> str:
+def trained_on(run_dir: Path | None) -> Path | None:
+    """The data folder a run folder was trained on (its config.json), if known."""
+    try:
+        return Path(json.loads((run_dir / "config.json").read_text())["data_dir"])
+    except (TypeError, OSError, ValueError, KeyError):
+        return None
+
+
+def scored_text(data_dir: Path, split: str, layout: str, own: bool, val_fraction: float, seed: int) -> str:
     """Which images an evaluation scored, in words, e.g. "all of hymenoptera/val"."""
     if split == "all":
         return f"all of {data_dir}"

@@ -42,9 +42,10 @@ def create_backbone(name: str, pretrained: bool = True, weights: str | Path | No
         pretrained: load ImageNet weights (packaged ones for the built-ins, timm's hub otherwise).
         weights: a local ``.safetensors`` or ``.pth`` state dict to load instead (never unpickled).
     """
-    joined = build_ensemble(name, create_backbone)  # name@size+name@size: a model from `graft ensemble`
-    if joined is not None and weights is None:
-        return joined
+    if weights is None:  # name@size+name@size: a model from `graft ensemble` (its weights: model.safetensors)
+        joined = build_ensemble(name, create_backbone)
+        if joined is not None:
+            return joined
     if weights is not None:
         state = read_state_dict(weights)
         if any(k.startswith("stages.") for k in state):  # saved by graftkit (e.g. `graft pretrain`)

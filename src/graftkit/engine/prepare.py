@@ -29,7 +29,6 @@ from .progress import ProgressReporter
 from .runtime import autocast_for, eval_batch_size, resolve_device, resolve_precision, train_batch_size
 
 
-
 def fixed_views(cfg: TrainConfig, trains_backbone: bool) -> bool:
     """Whether a phase with a frozen prefix trains on fixed views of each image (the clean crop, or
     ``--cache-views N`` augmented ones), whose prefix outputs can be cached, rather than on images

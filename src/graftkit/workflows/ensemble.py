@@ -14,6 +14,7 @@ import json
 from pathlib import Path
 from typing import Any, Callable, Sequence
 
+import numpy as np
 import torch
 
 from ..backbones.ensemble import join_backbones, parse_ensemble_name
@@ -35,17 +36,12 @@ def _member(path: Path) -> tuple[Classifier, dict[str, Any], Path, dict[str, Any
     return model, meta, folder, metrics if isinstance(metrics, dict) else {}
 
 
-def _trained_on(folder: Path) -> Path | None:
-    try:
-        return Path(json.loads((folder / "config.json").read_text())["data_dir"])
-    except (OSError, ValueError, KeyError, TypeError):
-        return None
-
-
 def join_runs(runs: Sequence[Path]) -> tuple[Classifier, dict[str, Any], list[dict[str, Any]], list[Path]]:
     """The joined classifier, its model.json content (without calibration), one summary per member
     (with its ``split``) and the data folders the members were trained on. Raises ``ConfigError``
     (one line) when the members do not share classes and class order."""
+    from ..predict import trained_on
+
     if len(runs) < 2:
         raise ConfigError(f"an ensemble needs at least two run folders; got {len(runs)}.")
     members = [_member(Path(r)) for r in runs]
@@ -74,7 +70,7 @@ def join_runs(runs: Sequence[Path]) -> tuple[Classifier, dict[str, Any], list[di
     summaries = [{"run": str(folder), "backbone": m["backbone"], "image_size": size, "strategy": m.get("strategy"),
                   "split": m.get("split"), "val_accuracy": metrics.get("val_accuracy")}
                  for (_, m, folder, metrics), size in zip(members, sizes)]
-    return joined, meta, summaries, [d for d in (_trained_on(f) for _, _, f, _ in members) if d is not None]
+    return joined, meta, summaries, [d for d in (trained_on(f) for _, _, f, _ in members) if d is not None]
 
 
 def ensemble_runs(runs: Sequence[Path], out_dir: Path, data_dir: Path | None = None, device: str = "auto",
@@ -86,7 +82,7 @@ def ensemble_runs(runs: Sequence[Path], out_dir: Path, data_dir: Path | None = N
     from .. import __version__
     from ..data import scan_data
     from ..engine.checkpoint import save_model
-    from ..predict import ImageClassifier
+    from ..predict import ImageClassifier, scored_text
 
     out_dir = Path(out_dir)
     if new_folder and out_dir.exists() and (not out_dir.is_dir() or any(out_dir.iterdir())):
@@ -119,13 +115,16 @@ def ensemble_runs(runs: Sequence[Path], out_dir: Path, data_dir: Path | None = N
     meta["members"] = members
     classifier = ImageClassifier(model, meta, device, run_dir=out_dir)
     say(f"ensemble: {' + '.join(m['backbone'] for m in members)} on {len(scan.val)} validation images of {data_dir}")
-    logits, _ = classifier.predict_outputs([s.path for s in scan.val])
-    labels = [meta["classes"].index(scan.classes[s.label]) for s in scan.val]
+    logits, features = classifier.predict_outputs([s.path for s in scan.val])  # one pass: calibration and scores
+    labels = np.array([meta["classes"].index(scan.classes[s.label]) for s in scan.val])
     meta["calibration"] = calibrate(logits, labels)
+    classifier.temperature = meta["calibration"]["temperature"]
     save_model(out_dir, model, meta)
     atomic_write_text(out_dir / "config.json", json.dumps({"data_dir": str(data_dir), "strategy": "ensemble",
                                                            "members": [m["run"] for m in members]}, indent=2))
-    result = ImageClassifier.from_run(out_dir, device).evaluate(data_dir, split="val", skip_bad_images=skip_bad_images)
+    about = {"split": "val", "data_dir": str(data_dir), "scored": scored_text(
+        data_dir, "val", scan.layout, True, float(split.get("val_fraction", 0.2)), int(split.get("seed", 0)))}
+    result = classifier.score_outputs(logits, features, labels, about)
     metrics = {"val_accuracy": result["accuracy"], "val_balanced_accuracy": result.get("balanced_accuracy"),
                "val_macro_f1": result.get("macro_f1"), "members": members, "evaluation": result}
     atomic_write_text(out_dir / "metrics.json", json.dumps(metrics, indent=2))

@@ -73,6 +73,14 @@ def tie_tolerance(accuracy: float, num_val: int) -> float:
     return max(0.01, binomial_se(accuracy, num_val))
 
 
+def tied_with_best(candidates: Sequence[dict[str, Any]]) -> tuple[float, list[dict[str, Any]]]:
+    """The standard error of the best probe of ``candidates`` (:func:`tie_tolerance`) and the
+    candidates within it of the best (the best included)."""
+    best = max(candidates, key=lambda c: c["probe_accuracy"])
+    tolerance = tie_tolerance(best["probe_accuracy"], best["inner_val_images"])
+    return tolerance, [c for c in candidates if c["probe_accuracy"] >= best["probe_accuracy"] - tolerance - 1e-12]
+
+
 def fit_schedule(ladder: Sequence[Schedule], seconds: Callable[[Schedule], float],
                  available: float | None) -> tuple[Schedule, float, bool]:
     """The first schedule of ``ladder`` predicted to fit ``available`` seconds (or the first, with no
@@ -100,9 +108,7 @@ def choose(candidates: list[dict[str, Any]], schedules: Callable[[str], Sequence
     fitting = [c for c in probed if c["fits"]] or probed
     top_tier = max(c["tier"] for c in fitting)
     pool = [c for c in fitting if c["tier"] == top_tier]
-    best = max(pool, key=lambda c: c["probe_accuracy"])
-    tolerance = tie_tolerance(best["probe_accuracy"], best["inner_val_images"])
-    ties = [c for c in pool if c["probe_accuracy"] >= best["probe_accuracy"] - tolerance - 1e-12]
+    tolerance, ties = tied_with_best(pool)
     # the cheapest run of the tied: its schedule's predicted seconds (a forward pass alone ranks lite0 and
     # lite1 by noise on a CPU with AMX: 14.2 against 13.9 ms per image, for runs of 472 and 683 s)
     chosen = min(ties, key=lambda c: (c["predicted_seconds"], -c["probe_accuracy"]))
@@ -132,9 +138,7 @@ def plan_members(candidates: list[dict[str, Any]], chosen: dict[str, Any], secon
     others = [c for c in candidates if c is not chosen and c.get("probe_accuracy") is not None]
     if not others:
         return None
-    best = max(c["probe_accuracy"] for c in others)
-    tolerance = tie_tolerance(best, max(c["inner_val_images"] for c in others))
-    ties = [c for c in others if c["probe_accuracy"] >= best - tolerance - 1e-12]
+    ties = tied_with_best(others)[1]
     for count in range(min(MAX_MEMBERS, len(ties) + 1), 1, -1):
         for epochs in ENSEMBLE_FINETUNE_EPOCHS:
             options = []
@@ -274,8 +278,8 @@ def make_plan(cfg: TrainConfig, scan, *, time_limit: float | None, started: floa
     chosen, reason = choose(rows, schedules, seconds, available)
     pair = None
     if ensemble and available is not None and not schedule_fixed:
-        def join_seconds(names: Sequence[str]) -> float:  # the members' forward passes over val, twice
-            return JOIN_FIXED_SECONDS + 2 * num_val * sum(by_name[n]["speed"].forward for n in names)
+        def join_seconds(names: Sequence[str]) -> float:  # the members' forward passes over val
+            return JOIN_FIXED_SECONDS + num_val * sum(by_name[n]["speed"].forward for n in names)
 
         pair = plan_members(rows, chosen, seconds, join_seconds, available)
     if pair is not None:
