@@ -334,10 +334,56 @@ def test_more_members_come_first_then_more_epochs_and_a_late_member_is_skipped(s
 
     cfg = TrainConfig(data_dir=split_data, out_dir=tmp_path / "r3600", device="cpu", progress="none",
                       backbone="tiny_b")
+    cfg.out_dir.mkdir()
     lines = []
     planner.train_members(cfg, plan_json, scan, time_limit=3600.0, started=0.0, train=train, say=lines.append)
     assert trained == ["tiny_b", "tiny_cnn"] and len(joined[0]) == 2
     assert any("tiny_c no longer fits" in line for line in lines)
+    recorded = json.loads((cfg.out_dir / "plan.json").read_text())["ensemble"]["trained"]
+    assert [(t["backbone"], t["seconds"]) for t in recorded] == [("tiny_b", 10.0), ("tiny_cnn", 3200.0)]
+
+
+def test_members_after_one_that_ran_fast_fine_tune_longer_within_what_is_left(split_data, tmp_path, monkeypatch):
+    monkeypatch.setattr(planner, "AUTO_BACKBONES", ("tiny_cnn", "tiny_b", "tiny_c"))
+    scan = scan_data(split_data, 0.2, 0)
+    measure = _fake_measure({"tiny_cnn": 0.8, "tiny_b": 0.9, "tiny_c": 0.85}, {"tiny_cnn": 1.0, "tiny_b": 1.0,
+                                                                             "tiny_c": 1.0}, [])
+    cfg = TrainConfig(data_dir=split_data, out_dir=tmp_path / "run", device="cpu", progress="none")
+    run_cfg, plan_json, _ = planner.make_plan(cfg, scan, time_limit=500.0, started=time.monotonic(), auto_backbone=True,
+                                              fixed=set(), say=lambda line: None, measure=measure)
+    members = plan_json["ensemble"]["members"]
+    assert len(members) == 3 and all(m["settings"]["finetune_epochs"] == 5 for m in members)
+    monkeypatch.setattr("graftkit.workflows.ensemble.ensemble_runs", lambda runs, out, **kw: {"val_accuracy": 0.5})
+    monkeypatch.setattr("graftkit.engine.checkpoint.load_model", lambda path: (None, {}))
+
+    def run_with(share: float):
+        """Train the plan with each member taking ``share`` of its predicted seconds."""
+        clock, given = {"now": plan_json["seconds_before_plan"]}, []
+        monkeypatch.setattr(planner.time, "monotonic", lambda: clock["now"])
+
+        def train(cfg, scan=None):
+            info = next(m for m in members if m["backbone"] == cfg.backbone)
+            planned = info["predicted_seconds"] + (cfg.finetune_epochs - 5) * info["epoch_seconds"]
+            clock["now"] += share * planned
+            given.append((cfg.backbone, cfg.finetune_epochs, cfg.max_seconds))
+            return SimpleNamespace(config=cfg, out_dir=cfg.out_dir, metrics={"val_accuracy": 1.0}, classes=["a", "b"],
+                                   history=[], model=None)
+
+        lines = []
+        planner.train_members(run_cfg, plan_json, scan, time_limit=500.0, started=0.0, train=train, say=lines.append)
+        return given, lines, clock["now"]
+
+    run_cfg.out_dir.mkdir()
+    limit = 500.0 * planner.TARGET_FRACTION - plan_json["reserve_seconds"]
+    on_time, _, ended = run_with(1.0)  # as predicted: at most the plan's slack (not a whole epoch each) is added
+    assert [g[1] for g in on_time][0] == 5 and sum(g[1] for g in on_time) <= 16 and ended <= limit
+    fast, lines, ended = run_with(0.5)  # twice as fast as predicted: the later members fine-tune longer
+    assert fast[0][1] == 5 and all(on < epochs <= planner.MAX_FINETUNE_EPOCHS
+                                   for (_, epochs, _), (_, on, _) in zip(fast[1:], on_time[1:]))
+    assert any("took 0.50x their predicted time: tiny_cnn fine-tunes" in line for line in lines)
+    assert ended <= limit  # still inside the limit
+    trained = json.loads((run_cfg.out_dir / "plan.json").read_text())["ensemble"]["trained"]
+    assert [t["finetune_epochs"] for t in trained] == [g[1] for g in fast]
 
 
 def test_graft_train_time_limit_joins_two_backbones_into_one_model_that_predicts(split_data, tmp_path, two_tiny,

@@ -61,6 +61,9 @@ Balance = Annotated[str, typer.Option(
     help="Class imbalance: none | weights (inverse-frequency loss weights) | sampler (class-balanced "
          "sampling) | auto (weights when the largest train class has >= 3x the images of the smallest). "
          "On imbalanced data the best epoch is chosen by balanced accuracy.")]
+HeadInit = Annotated[str, typer.Option(
+    help="auto: when every class folder names an ImageNet class (ants, bees, n02219486), the new head starts "
+         "from those rows of the backbone's ImageNet classifier (docs/head-init.md); random: always a random head.")]
 Quiet = Annotated[bool, typer.Option("--quiet", "-q", help="Print only the result.")]
 Plain = Annotated[bool, typer.Option(help="One line per epoch, no progress bar.")]
 
@@ -70,7 +73,8 @@ Plain = Annotated[bool, typer.Option(help="One line per epoch, no progress bar."
 # option only needs a line here (commands with few options keep one "Options" panel).
 PANELS = {
     "Data": ("val_fraction", "seed", "split_seed", "skip_bad_images"),
-    "Model": ("strategy", "backbone", "pretrained", "weights", "image_size", "freeze", "dropout", "train_bn"),
+    "Model": ("strategy", "backbone", "pretrained", "weights", "image_size", "freeze", "dropout", "head_init",
+              "train_bn"),
     "Schedule": ("epochs", "head_epochs", "finetune_epochs", "lr", "finetune_lr", "stage_lr_decay", "weight_decay",
                  "label_smoothing", "balance", "ema", "ema_decay", "lr_find", "time_limit", "ensemble", "max_seconds",
                  "budget_epochs", "budget_minutes", "seeds", "strategies"),

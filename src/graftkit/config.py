@@ -19,6 +19,7 @@ PROGRESS = ("auto", "bar", "plain", "none")
 PRECISIONS = ("auto", "fp32", "bf16")
 TRACKERS = ("mlflow", "tensorboard")
 BALANCES = ("none", "weights", "sampler", "auto")
+HEAD_INITS = ("auto", "random")
 MAX_IMAGE_SIZE = 1024    # --image-size: a 1024 px input is decoded and cached at 1170 px (4 MB a row)
 MAX_CACHE_VIEWS = 64     # --cache-views: one backbone pass per view and training image
 MAX_SEED = 2**63 - 1     # --seed, --split-seed: what torch.manual_seed takes
@@ -70,6 +71,7 @@ class TrainConfig:
     label_smoothing: float = 0.1
     balance: str = "auto"          # class imbalance: none | weights (loss) | sampler | auto (on at max/min >= 3x)
     dropout: float = 0.2
+    head_init: str = "auto"        # auto: from the ImageNet classifier when every class names an ImageNet class
     ema: bool = False              # validate and keep an exponential moving average of the weights (engine.ema)
     ema_decay: float = 0.99        # --ema: the average's decay per step, reached after timm's warm-up
     train_bn: bool = False         # BatchNorm of unfrozen pretrained stages: batch stats (True) or kept
@@ -116,6 +118,7 @@ class TrainConfig:
         _choice("progress", self.progress, PROGRESS)
         _choice("precision", self.precision, PRECISIONS)
         _choice("balance", self.balance, BALANCES)
+        _choice("head_init", self.head_init, HEAD_INITS)
         if self.track is not None:
             _choice("track", self.track, TRACKERS)
         if self.accumulate < 1:
@@ -295,6 +298,8 @@ def unused_options(cfg: TrainConfig, given: set[str]) -> list[str]:
     if cfg.strategy != "fine-tune":
         for name in FINE_TUNE_ONLY:
             reasons[name] = f"applies to --strategy fine-tune only, not {cfg.strategy}"
+    if cfg.strategy == "scratch" or not cfg.pretrained:
+        reasons["head_init"] = "starts from a pretrained backbone's ImageNet classifier, and this run has none"
     if cfg.strategy == "scratch":
         if cfg.pretrained:
             reasons["pretrained"] = "scratch always starts from random weights"

@@ -59,3 +59,24 @@ class Classifier(nn.Module):
     def forward(self, x: torch.Tensor) -> torch.Tensor:
         """``(B, 3, H, W)`` normalised images → ``(B, num_classes)`` logits."""
         return self.head(self.backbone(x))
+
+
+def start_from_imagenet(model: Classifier, classes: Sequence[str]) -> list[tuple[str, str]] | None:
+    """Copy the rows of ``model.backbone``'s pretrained ImageNet classifier into the new head when every
+    class names a different ImageNet class (``backbones.imagenet_classes``): training then starts from
+    the zero-shot classifier of those classes. Returns ``[(class, ImageNet name), ...]``, or None (the
+    head stays random: no ImageNet classifier, or a class that names none)."""
+    from .backbones.imagenet_classes import describe, imagenet_rows
+
+    kept = model.backbone.imagenet_head
+    if kept is None:
+        return None
+    rows = imagenet_rows(classes)
+    if rows is None:
+        return None
+    weight, bias = kept
+    linear = model.head[-1]
+    with torch.no_grad():
+        linear.weight.copy_(weight[rows])
+        linear.bias.copy_(bias[rows])
+    return [(name, describe(row)) for name, row in zip(classes, rows)]

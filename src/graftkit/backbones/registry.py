@@ -31,6 +31,9 @@ class Backbone(nn.Module):
         image_size: native input size in pixels.
         name: registry name.
         pool: maps the last stage's ``(B, C, H, W)`` map to ``(B, num_features)``.
+
+    ``imagenet_head``: the pretrained model's ImageNet classifier ``(weight (1000, num_features), bias)``
+    when it has one (not a module: it is not trained or saved), for ``--head-init``.
     """
 
     def __init__(self, stages: Sequence[nn.Module], stage_names: Sequence[str], num_features: int,
@@ -48,6 +51,7 @@ class Backbone(nn.Module):
         self.image_size = int(image_size)
         self.name = name
         self.pretrained = pretrained
+        self.imagenet_head: tuple[torch.Tensor, torch.Tensor] | None = None
 
     @property
     def num_stages(self) -> int:

@@ -7,9 +7,11 @@ from __future__ import annotations
 
 from pathlib import Path
 
+import torch
 from torch import nn
 
 from ..errors import ConfigError
+from .imagenet_classes import IMAGENET_CLASSES
 from .registry import IMAGENET_MEAN, IMAGENET_STD, Backbone, registered_backbones
 from .weights import load_weights_into, read_state_dict
 
@@ -35,7 +37,20 @@ class _PooledTimm(nn.Module):
 
 def split_timm_model(model: nn.Module, name: str, mean, std, image_size: int,
                      pretrained: bool) -> Backbone:
-    """Cut a timm classifier into ordered stages; the head is left out (graftkit adds its own)."""
+    """Cut a timm classifier into ordered stages; the head is left out (graftkit adds its own), and kept
+    aside as the backbone's ``imagenet_head`` when the weights are pretrained and it has 1000 classes."""
+    classifier = model.get_classifier() if hasattr(model, "get_classifier") else None
+    imagenet_head = None
+    if pretrained and isinstance(classifier, nn.Linear) and classifier.out_features == IMAGENET_CLASSES:
+        bias = classifier.bias if classifier.bias is not None else torch.zeros(IMAGENET_CLASSES)
+        imagenet_head = (classifier.weight.detach().clone(), bias.detach().clone())
+    backbone = _split(model, name, mean, std, image_size, pretrained)
+    if imagenet_head is not None and imagenet_head[0].shape[1] == backbone.num_features:
+        backbone.imagenet_head = imagenet_head
+    return backbone
+
+
+def _split(model: nn.Module, name: str, mean, std, image_size: int, pretrained: bool) -> Backbone:
     num_features = model.num_features
     if all(hasattr(model, a) for a in ("conv_stem", "bn1", "blocks", "conv_head", "bn2")):
         blocks = list(model.blocks)

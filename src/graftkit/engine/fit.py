@@ -170,14 +170,16 @@ def _fit(cfg: TrainConfig, scan: DataScan | None, report: ProgressReporter, star
     out_dir = world.from_main(_prepare_run_dir(cfg, data, report, precision) if world.is_main else None)
     tracker = Observers([build_tracker(cfg, out_dir), *observers]) if world.is_main else NO_TRACKER  # rank 0 only
     try:
-        return _train(cfg, data, model, device, precision, report, started, world, out_dir, tracker)
+        return _train(cfg, data, model, device, precision, report, started, world, out_dir, tracker,
+                      prepared.head_init)
     except BaseException as exc:
         tracker.close(exc)
         raise
 
 
 def _train(cfg: TrainConfig, data: TrainingData, model: Classifier, device: torch.device, precision: str,
-           report: ProgressReporter, started: float, world: World, out_dir: Path, tracker: Tracker) -> Run:
+           report: ProgressReporter, started: float, world: World, out_dir: Path, tracker: Tracker,
+           head_init: list[tuple[str, str]] | None = None) -> Run:
     scan, backbone = data.scan, model.backbone
     phases = build_phases(cfg, backbone.num_stages)
     optimizer = build_optimizer(model, cfg.weight_decay)
@@ -189,6 +191,8 @@ def _train(cfg: TrainConfig, data: TrainingData, model: Classifier, device: torc
                    f"{data.decoded.decoded_now} new image(s) → {out_dir}")
     if balance.describe():
         report.message(balance.describe())
+    if head_init and not cfg.resume:
+        report.message(head_init_text(head_init))
     meta = model_meta(cfg, model, scan.classes, data.image_size, precision)
     state = _restore(cfg, out_dir, scan.classes, model, optimizer, report, world.is_main)
     history, best, best_state, resumed = state["history"], state["best"], state["best_state"], state["resumed"]
@@ -289,6 +293,7 @@ def _train(cfg: TrainConfig, data: TrainingData, model: Classifier, device: torc
     with capture_pooled(model) as val_features:
         metrics, final = _final_metrics(cfg, data, model, device, precision, phases, history, best, diverged, started)
     metrics["balance"] = balance.to_dict()
+    metrics["head_init"] = {"from": "imagenet", "classes": dict(head_init)} if head_init else {"from": "random"}
     metrics["stopped_early"], metrics["world_size"], metrics["accumulate"] = stopped, world.size, cfg.accumulate
     metrics["ema"] = {"decay": cfg.ema_decay, "best_weights": best.get("weights", "raw")} if cfg.ema else None
     features = world.gather(torch.cat(val_features))  # each rank pooled its share of the val images
@@ -380,6 +385,12 @@ def _prepare_run_dir(cfg: TrainConfig, data: TrainingData, report: ProgressRepor
         atomic_write_text(out_dir / "label_conflicts.csv", label_conflicts_csv(data.label_conflicts, scan.classes))
         report.message(f"warning: {label_conflicts_warning(data.label_conflicts, scan.classes)}")
     return out_dir
+
+
+def head_init_text(pairs: list[tuple[str, str]]) -> str:
+    named = ", ".join(f"{cls} → {name}" if cls.lower() != name.lower() else cls for cls, name in pairs)
+    return (f"head: starts from the backbone's ImageNet classifier ({named}); --head-init random for a "
+            f"random head")
 
 
 def _restore(cfg: TrainConfig, out_dir: Path, classes: list[str], model: Classifier,

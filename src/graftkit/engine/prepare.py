@@ -20,7 +20,7 @@ from ..data import (DataScan, DecodedDataset, DecodedImages, ImageBatches, augme
 from ..data.conflicts import find_label_conflicts
 from ..data.split_file import apply_split_file
 from ..errors import ConfigError
-from ..heads import Classifier
+from ..heads import Classifier, start_from_imagenet
 from ..strategies import Phase
 from .balance import build_loss, resolve_balance, sample_weights
 from .distributed import World
@@ -184,6 +184,7 @@ class Prepared:
     model: Classifier
     device: torch.device
     precision: str
+    head_init: list[tuple[str, str]] | None = None  # (class, ImageNet class) when the head starts from them
 
     @property
     def scan(self) -> DataScan:
@@ -203,10 +204,13 @@ def prepare(cfg: TrainConfig, scan: DataScan | None = None, cache_dir: Path | No
     backbone = create_backbone(cfg.backbone, pretrained=cfg.pretrained and cfg.strategy != "scratch",
                                weights=cfg.weights)
     model = Classifier(backbone, len(scan.classes), cfg.dropout)
+    head_init = None
+    if cfg.head_init == "auto" and backbone.pretrained and cfg.strategy != "scratch":
+        head_init = start_from_imagenet(model, scan.classes)
     if cfg.sync_bn:
         model = sync_batchnorm(model, device)
     model.to(device, memory_format=torch.channels_last if cfg.channels_last else torch.preserve_format)
-    return Prepared(data, model, device, precision)
+    return Prepared(data, model, device, precision, head_init)
 
 
 def sync_batchnorm(model: Classifier, device: torch.device) -> Classifier:

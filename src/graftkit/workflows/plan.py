@@ -48,6 +48,11 @@ LABEL_ISSUES_SECONDS = 20.0  # the check after training (up to a minute of CPU) 
 # (flowers, lite0 + lite1) and +0.8 points (dtd10, lite0 + lite2) over the better one (docs/ensemble.md).
 ENSEMBLE_FINETUNE_EPOCHS = (8, 6, 5)
 MAX_MEMBERS = 3  # the three offline backbones
+# A later member fine-tunes up to this many epochs (the ladder's longest) when the earlier ones ran faster
+# than predicted: the cost model's timed steps read 17-37 % slow against the 15m runs' epochs (plan.json
+# of the session-7 runs), so planned members left a third of the limit unused.
+MAX_FINETUNE_EPOCHS = 8
+PACE_RANGE = (0.5, 2.0)  # the measured pace is trusted within these bounds
 JOIN_FIXED_SECONDS = 5.0  # loading the members and writing the joined model
 MEMBERS_DIR = "members"
 
@@ -339,31 +344,69 @@ def summary_line(plan: dict[str, Any]) -> str:
             f"({len(plan['candidates'])} candidate(s), plan.json)")
 
 
+def stretched_epochs(info: dict[str, Any], pace: float, left: float) -> int:
+    """Fine-tune epochs for member ``info`` (plan.json's ``ensemble.members`` entry): more than planned, up to
+    :data:`MAX_FINETUNE_EPOCHS`, when its predicted seconds, scaled by ``pace`` (measured seconds of the
+    members trained so far over their predicted seconds), still fit ``left``."""
+    planned = int(info["settings"].get("finetune_epochs", 0))
+    if not planned:
+        return planned
+    for epochs in range(MAX_FINETUNE_EPOCHS, planned, -1):
+        if pace * (info["predicted_seconds"] + (epochs - planned) * info["epoch_seconds"]) <= left:
+            return epochs
+    return planned
+
+
 def train_members(run_cfg: TrainConfig, plan: dict[str, Any], scan, *, time_limit: float, started: float,
                   train: Callable, say: Callable[[str], None]):
     """Train the members plan.json's ``ensemble`` lists into ``members/``, one after the other, and join
-    them into the run folder. A member whose predicted run no longer fits what is left (an earlier one
-    ran late) is skipped, with the ones after it; with one member left, the run folder gets its files.
+    them into the run folder. After each member, the later ones are re-planned from the measured pace
+    (seconds taken over seconds predicted, within :data:`PACE_RANGE`): a member gets more fine-tune epochs
+    (:func:`stretched_epochs`) when the earlier ones ran faster than predicted, and one that no longer fits
+    what is left (they ran late) is skipped, with the ones after it; with one member left, the run folder
+    gets its files. plan.json's ``ensemble.trained`` records what each member was given and took.
     Returns ``(run, first member's run)``."""
     import shutil
 
     from ..engine.checkpoint import load_model
     from ..engine.fit import Run
+    from ..fileio import atomic_write_text
     from .ensemble import ensemble_runs
 
     out_dir, pair = Path(run_cfg.out_dir), plan["ensemble"]
     infos = pair["members"]
-    runs = [train(run_cfg.replace(out_dir=out_dir / infos[0]["folder"]), scan=scan)]
+    trained: list[dict[str, Any]] = []
+
+    def timed(info: dict[str, Any], cfg: TrainConfig, predicted: float):
+        begun = time.monotonic()
+        run = train(cfg, scan=scan)
+        trained.append({"backbone": info["backbone"], "finetune_epochs": cfg.finetune_epochs,
+                        "predicted_seconds": round(predicted, 1), "seconds": round(time.monotonic() - begun, 1)})
+        return run
+
+    runs = [timed(infos[0], run_cfg.replace(out_dir=out_dir / infos[0]["folder"]), infos[0]["predicted_seconds"])]
     for index, info in enumerate(infos[1:], 1):
-        later = sum(m["predicted_seconds"] for m in infos[index + 1:])
+        pace = min(max(sum(t["seconds"] for t in trained) / sum(t["predicted_seconds"] for t in trained),
+                       PACE_RANGE[0]), PACE_RANGE[1])
+        later = pace * sum(m["predicted_seconds"] for m in infos[index + 1:])
         left = (time_limit * TARGET_FRACTION - (time.monotonic() - started) - plan["reserve_seconds"]
                 - pair["join_seconds"] - later)
-        if left < info["predicted_seconds"]:
-            say(f"plan: {info['backbone']} no longer fits ({left:.0f}s left, {info['predicted_seconds']:.0f}s predicted): "
-                f"{', '.join(m['backbone'] for m in infos[index:])} skipped")
+        if left < pace * info["predicted_seconds"]:
+            say(f"plan: {info['backbone']} no longer fits ({left:.0f}s left, {pace * info['predicted_seconds']:.0f}s "
+                f"predicted at the measured pace): {', '.join(m['backbone'] for m in infos[index:])} skipped")
             break
-        runs.append(train(run_cfg.replace(backbone=info["backbone"], **info["settings"], out_dir=out_dir / info["folder"],
-                                          max_seconds=round(max(left - info["epoch_seconds"], 1.0), 1)), scan=scan))
+        epochs = stretched_epochs(info, pace, left)
+        planned = int(info["settings"].get("finetune_epochs", 0))
+        predicted = info["predicted_seconds"] + (epochs - planned) * info["epoch_seconds"]
+        if epochs > planned:
+            say(f"plan: the members so far took {pace:.2f}x their predicted time: {info['backbone']} fine-tunes "
+                f"{epochs} epochs instead of {planned} (predicted {pace * predicted:.0f}s of {left:.0f}s left)")
+        settings = {**info["settings"], **({"finetune_epochs": epochs} if planned else {})}
+        cfg = run_cfg.replace(backbone=info["backbone"], **settings, out_dir=out_dir / info["folder"],
+                              max_seconds=round(max(left - pace * info["epoch_seconds"], 1.0), 1))
+        runs.append(timed(info, cfg, predicted))
+    pair["trained"] = trained
+    atomic_write_text(out_dir / PLAN_NAME, json.dumps(plan, indent=2))
     first = runs[0]
     if len(runs) == 1:
         say(f"plan: the run is {infos[0]['backbone']} alone (its files copied from {infos[0]['folder']})")
