@@ -104,7 +104,12 @@ def test_the_run_says_where_its_head_started(tmp_path, imagenet_tiny, capsys):
     assert "head: starts from the backbone's ImageNet classifier (ants → ant, bees → bee)" in capsys.readouterr().out
     metrics = json.loads((run.out_dir / "metrics.json").read_text())
     assert metrics["head_init"] == {"from": "imagenet", "classes": {"ants": "ant", "bees": "bee"}}
-    assert json.loads((run.out_dir / "config.json").read_text())["head_init"] == "auto"
+    config = json.loads((run.out_dir / "config.json").read_text())
+    assert config["head_init"] == "auto"
+    from graftkit.report.html import used_settings
+
+    assert dict(used_settings(config, metrics))["head_init"] == "auto: the ImageNet classifier's rows (ants → ant, bees → bee)"
+    assert "head_init" not in dict(used_settings({**config, "strategy": "scratch"}, {}))
 
 
 def test_head_init_takes_auto_or_random(tmp_path):

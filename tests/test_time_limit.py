@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import json
 import time
+from pathlib import Path
 from types import SimpleNamespace
 
 import pytest
@@ -292,7 +293,52 @@ def test_a_limit_that_affords_two_backbones_plans_both_to_be_joined(split_data, 
         TrainConfig(data_dir=split_data, out_dir=tmp_path / "one", device="cpu", progress="none"), scan,
         time_limit=3600.0, started=time.monotonic(), auto_backbone=True, fixed=set(), say=lambda line: None,
         measure=_fake_measure({"tiny_cnn": 0.7, "tiny_b": 0.9}, {"tiny_cnn": 14.0, "tiny_b": 14.0}, []))[1]
-    assert "ensemble" not in single and "fine-tune 2 head" in single["chosen"]["schedule"]
+    # ... one backbone planned; the other joins only if the first runs faster than predicted
+    assert single["chosen"]["ensemble"] == ["tiny_b"] and "fine-tune 2 head" in single["chosen"]["schedule"]
+    assert [(m["backbone"], m["optional"]) for m in single["ensemble"]["members"]] == [("tiny_b", False),
+                                                                                      ("tiny_cnn", True)]
+    assert single["ensemble"]["predicted_seconds"] == single["chosen"]["predicted_seconds"]
+    assert single["chosen"]["max_seconds"] > single["available_seconds"] - single["ensemble"]["members"][1]["predicted_seconds"]
+    assert "tiny_b, fine-tune 2 head + 8" in planner.summary_line(single)
+    assert "then tiny_cnn if time allows" in planner.summary_line(single)
+
+
+def test_a_backbone_that_did_not_fit_the_plan_joins_when_the_planned_one_ran_fast(split_data, tmp_path, two_tiny,
+                                                                                  monkeypatch):
+    scan = scan_data(split_data, 0.2, 0)
+    measure = _fake_measure({"tiny_cnn": 0.7, "tiny_b": 0.9}, {"tiny_cnn": 14.0, "tiny_b": 14.0}, [])
+    joined = []
+    monkeypatch.setattr("graftkit.workflows.ensemble.ensemble_runs",
+                        lambda runs, out, **kw: joined.append(list(runs)) or {"val_accuracy": 0.5})
+    monkeypatch.setattr("graftkit.engine.checkpoint.load_model", lambda path: (None, {}))
+
+    def run_with(share: float, name: str):
+        cfg = TrainConfig(data_dir=split_data, out_dir=tmp_path / name, device="cpu", progress="none")
+        clock = {"now": 0.0}
+        monkeypatch.setattr(planner.time, "monotonic", lambda: clock["now"])
+        run_cfg, plan_json, _ = planner.make_plan(cfg, scan, time_limit=3600.0, started=0.0, auto_backbone=True,
+                                                  fixed=set(), say=lambda line: None, measure=measure)
+        infos = {m["backbone"]: m for m in plan_json["ensemble"]["members"]}
+        trained, lines = [], []
+
+        def train(cfg, scan=None):
+            trained.append((cfg.backbone, cfg.finetune_epochs))
+            clock["now"] += share * infos[cfg.backbone]["predicted_seconds"]
+            Path(cfg.out_dir).mkdir(parents=True)
+            (Path(cfg.out_dir) / "metrics.json").write_text("{}")
+            return SimpleNamespace(config=cfg, out_dir=cfg.out_dir, metrics={"val_accuracy": 1.0}, classes=["a", "b"],
+                                   history=[], model=None)
+
+        run_cfg.out_dir.mkdir()
+        planner.train_members(run_cfg, plan_json, scan, time_limit=3600.0, started=0.0, train=train, say=lines.append)
+        return trained, lines, run_cfg.out_dir
+
+    trained, lines, out = run_with(1.0, "as-predicted")  # no time for the second: the first alone, copied
+    assert trained == [("tiny_b", 8)] and not joined and (out / "metrics.json").exists()
+    assert any("tiny_cnn does not fit after all" in line for line in lines)
+    trained, lines, out = run_with(0.3, "fast")  # the first took 0.5x (the pace's floor): the second joins
+    assert [name for name, _ in trained] == ["tiny_b", "tiny_cnn"] and trained[1][1] >= 5
+    assert joined == [[out / "members" / "tiny_b", out / "members" / "tiny_cnn"]]
 
 
 def test_more_members_come_first_then_more_epochs_and_a_late_member_is_skipped(split_data, tmp_path, monkeypatch):
@@ -314,7 +360,10 @@ def test_more_members_come_first_then_more_epochs_and_a_late_member_is_skipped(s
     tight = plan(500.0)["ensemble"]
     assert len(tight["members"]) == 3 and tight["members"][0]["settings"]["finetune_epochs"] == 5
     pair = plan(380.0)["ensemble"]
-    assert len(pair["members"]) == 2 and pair["predicted_seconds"] <= plan(380.0)["available_seconds"]
+    planned = [m for m in pair["members"] if not m["optional"]]
+    assert len(planned) == 2 and pair["predicted_seconds"] <= plan(380.0)["available_seconds"]
+    optional = [m["backbone"] for m in pair["members"] if m["optional"]]  # the third joins if time allows
+    assert len(optional) == 1 and optional[0] not in [m["backbone"] for m in planned]
 
     # training: the second member ran late, so the third no longer fits and is skipped; two are joined
     trained, joined = [], []

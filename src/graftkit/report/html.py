@@ -331,7 +331,7 @@ def data_section(run: RunFiles) -> str:
 
 CONFIG_KEYS = ("strategy", "backbone", "pretrained", "image_size", "epochs", "head_epochs", "finetune_epochs",
                "freeze", "lr", "finetune_lr", "stage_lr_decay", "weight_decay", "label_smoothing", "dropout",
-               "augment", "batch_size", "seed", "split_seed", "val_fraction", "max_seconds", "device",
+               "head_init", "augment", "batch_size", "seed", "split_seed", "val_fraction", "max_seconds", "device",
                "resolved_precision", "cache_views", "train_bn")
 
 
@@ -355,6 +355,8 @@ def used_settings(config: dict[str, Any], metrics: dict[str, Any] | None = None)
         head, finetune = config["head_epochs"], config["finetune_epochs"]
         used["epochs"] = f"{head + finetune} ({head} head + {finetune} fine-tune)"
     skip = {"head_epochs", "finetune_epochs"} | (set() if strategy in ("fine-tune", None) else set(FINE_TUNE_ONLY))
+    if strategy == "scratch" or config.get("pretrained") is False:
+        skip.add("head_init")
     batch, head_batch = metrics.get("batch_size"), metrics.get("head_batch_size")
     if batch is not None:
         cached = config.get("cache", True) and strategy != "scratch" and head_batch not in (None, batch)
@@ -369,6 +371,10 @@ def used_settings(config: dict[str, Any], metrics: dict[str, Any] | None = None)
         used["split_seed"] = f"{config['seed']} (the seed)"
     if "max_seconds" in config and config["max_seconds"] is None:
         used["max_seconds"] = "no limit"
+    started = metrics.get("head_init")
+    if isinstance(started, dict) and started.get("from") == "imagenet" and isinstance(started.get("classes"), dict):
+        pairs = ", ".join(f"{k} → {v}" for k, v in started["classes"].items())
+        used["head_init"] = f"{config.get('head_init', 'auto')}: the ImageNet classifier's rows ({pairs})"
     return [(k, _shown(used[k])) for k in CONFIG_KEYS if k in used and k not in skip]
 
 

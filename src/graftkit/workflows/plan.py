@@ -159,6 +159,25 @@ def plan_members(candidates: list[dict[str, Any]], chosen: dict[str, Any], secon
     return None
 
 
+def optional_members(candidates: list[dict[str, Any]], chosen: dict[str, Any], planned: Sequence[str],
+                     seconds: Callable[[str, Schedule], float]) -> list[tuple[dict[str, Any], Schedule, float]]:
+    """Backbones that join after the ``planned`` ones only if those run faster than predicted (the timed steps
+    read slow, and one timed step is noisy): the probes within the standard error of the best of the others
+    not planned, cheapest first, up to :data:`MAX_MEMBERS` in all, at the shortest of
+    :data:`ENSEMBLE_FINETUNE_EPOCHS`. None unless the chosen plan is a full fine-tune that fits."""
+    if chosen.get("tier") != 2 or not chosen.get("fits") or len(planned) >= MAX_MEMBERS:
+        return []
+    others = [c for c in candidates if c is not chosen and c.get("probe_accuracy") is not None]
+    if not others:
+        return []
+    spare = [c for c in tied_with_best(others)[1] if c["backbone"] not in planned]
+    epochs = min(ENSEMBLE_FINETUNE_EPOCHS)
+    options = [(c, Schedule("fine-tune", 2, epochs, min(1, c["num_stages"] - 1))) for c in spare]
+    options = sorted(((c, schedule, seconds(c["backbone"], schedule)) for c, schedule in options),
+                     key=lambda m: (m[2], m[0]["backbone"]))
+    return options[:MAX_MEMBERS - len(planned)]
+
+
 def probe_backbones(cfg: TrainConfig, inner, names: Sequence[str], budget: float | None,
                     say: Callable[[str], None], measure: Callable = measure_backbone,
                     num_images: int = 0) -> list[dict[str, Any]]:
@@ -287,7 +306,18 @@ def make_plan(cfg: TrainConfig, scan, *, time_limit: float | None, started: floa
             return JOIN_FIXED_SECONDS + num_val * sum(by_name[n]["speed"].forward for n in names)
 
         pair = plan_members(rows, chosen, seconds, join_seconds, available)
-    if pair is not None:
+        planned = [c["backbone"] for c, _, _ in pair["members"]] if pair else [chosen["backbone"]]
+        optional = optional_members(rows, chosen, planned, seconds)
+        if optional and pair is None:  # one backbone planned; the others wait for its measured pace
+            first = (chosen, chosen["schedule"], chosen["predicted_seconds"])
+            pair = {"members": [first], "predicted_seconds": chosen["predicted_seconds"],
+                    "join_seconds": join_seconds([chosen["backbone"], optional[0][0]["backbone"]])}
+        if optional:
+            pair["optional"] = optional
+            reason += (f"; {', '.join(c['backbone'] for c, _, _ in optional)} (fine-tune 2+{min(ENSEMBLE_FINETUNE_EPOCHS)}, "
+                       f"predicted {', '.join(f'{sec:.0f}s' for _, _, sec in optional)}) will join if the planned "
+                       f"run{'s' if len(planned) > 1 else ''} take less time than predicted")
+    if pair is not None and len(pair["members"]) > 1:
         chosen["schedule"], chosen["predicted_seconds"] = pair["members"][0][1], round(pair["members"][0][2], 1)
         names = ", ".join(c["backbone"] for c, _, _ in pair["members"])
         reason += (f"; the limit affords {len(pair['members'])} backbones at fine-tune 2+{pair['finetune_epochs']} "
@@ -322,25 +352,30 @@ def make_plan(cfg: TrainConfig, scan, *, time_limit: float | None, started: floa
                 "max_seconds": run_cfg.max_seconds},
             "reason": reason}
     if pair is not None:
+        optional = pair.get("optional", [])
+        join = pair.get("join_seconds", pair["predicted_seconds"] - sum(m[2] for m in pair["members"]))
         plan["ensemble"] = {
-            "predicted_seconds": round(pair["predicted_seconds"], 1),
-            "join_seconds": round(pair["predicted_seconds"] - sum(m[2] for m in pair["members"]), 1),
+            "predicted_seconds": round(pair["predicted_seconds"], 1), "join_seconds": round(join, 1),
             "members": [{"backbone": c["backbone"], "schedule": sched.describe(c["num_stages"]),
                          "predicted_seconds": round(sec, 1), "settings": schedule_settings(sched, fixed),
                          "epoch_seconds": round(cost.epoch_seconds(c["backbone"], sched, num_train, num_val, cached), 1),
-                         "folder": f"{MEMBERS_DIR}/{c['backbone']}"} for c, sched, sec in pair["members"]]}
-        plan["chosen"]["ensemble"] = [m["backbone"] for m in plan["ensemble"]["members"]]
+                         "folder": f"{MEMBERS_DIR}/{c['backbone']}", "optional": index >= len(pair["members"])}
+                        for index, (c, sched, sec) in enumerate([*pair["members"], *optional])]}
+        plan["chosen"]["ensemble"] = [m["backbone"] for m in plan["ensemble"]["members"] if not m["optional"]]
     return run_cfg, plan, run_scan
 
 
 def summary_line(plan: dict[str, Any]) -> str:
     c = plan["chosen"]
     limit = "" if plan["time_limit_seconds"] is None else f" of {plan['time_limit_seconds']:.0f}s"
-    if "ensemble" in plan:
-        pair = plan["ensemble"]
-        return (f"plan: {' + '.join(m['backbone'] for m in pair['members'])} joined, {c['schedule']} each, predicted "
-                f"{pair['predicted_seconds']:.0f}s{limit} ({len(plan['candidates'])} candidate(s), plan.json)")
-    return (f"plan: {c['backbone']}, {c['schedule']}, predicted {c['predicted_seconds']:.0f}s{limit} "
+    pair = plan.get("ensemble", {"members": []})
+    optional = [m["backbone"] for m in pair["members"] if m.get("optional")]
+    later = f"; then {' + '.join(optional)} if time allows" if optional else ""
+    if len(pair["members"]) - len(optional) > 1:
+        planned = [m["backbone"] for m in pair["members"] if not m.get("optional")]
+        return (f"plan: {' + '.join(planned)} joined, {c['schedule']} each, predicted {pair['predicted_seconds']:.0f}s"
+                f"{limit}{later} ({len(plan['candidates'])} candidate(s), plan.json)")
+    return (f"plan: {c['backbone']}, {c['schedule']}, predicted {c['predicted_seconds']:.0f}s{limit}{later} "
             f"({len(plan['candidates'])} candidate(s), plan.json)")
 
 
@@ -388,9 +423,13 @@ def train_members(run_cfg: TrainConfig, plan: dict[str, Any], scan, *, time_limi
     for index, info in enumerate(infos[1:], 1):
         pace = min(max(sum(t["seconds"] for t in trained) / sum(t["predicted_seconds"] for t in trained),
                        PACE_RANGE[0]), PACE_RANGE[1])
-        later = pace * sum(m["predicted_seconds"] for m in infos[index + 1:])
+        later = pace * sum(m["predicted_seconds"] for m in infos[index + 1:] if not m.get("optional"))
         left = (time_limit * TARGET_FRACTION - (time.monotonic() - started) - plan["reserve_seconds"]
                 - pair["join_seconds"] - later)
+        if left < pace * info["predicted_seconds"] and info.get("optional"):
+            say(f"plan: {info['backbone']} does not fit after all ({left:.0f}s left, {pace * info['predicted_seconds']:.0f}s "
+                f"predicted at the measured pace {pace:.2f}x): not trained")
+            continue
         if left < pace * info["predicted_seconds"]:
             say(f"plan: {info['backbone']} no longer fits ({left:.0f}s left, {pace * info['predicted_seconds']:.0f}s "
                 f"predicted at the measured pace): {', '.join(m['backbone'] for m in infos[index:])} skipped")
