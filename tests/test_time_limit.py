@@ -208,9 +208,10 @@ def test_cost_model_and_the_estimate_for_the_sweep():
     assert cost.seconds("tiny_cnn", Schedule("feature-extraction", 10), 100, 20) < expected
 
 
-def test_graft_train_time_limit_writes_plan_json_and_the_report_shows_it(split_data, tmp_path):
+@pytest.mark.parametrize("limit", [("--time-limit", "10m"), ("--max-seconds", "600")])  # the older spelling
+def test_graft_train_time_limit_writes_plan_json_and_the_report_shows_it(split_data, tmp_path, limit):
     out = tmp_path / "run"
-    result = graft("train", str(split_data), "--time-limit", "10m", "--backbone", "tiny_cnn", "--device", "cpu",
+    result = graft("train", str(split_data), *limit, "--backbone", "tiny_cnn", "--device", "cpu",
                    "--batch-size", "8", "--out", str(out), "--plain")
     assert result.returncode == 0, result.stderr
     assert "plan: tiny_cnn, fine-tune 2 head + 8 epochs" in result.stdout
@@ -233,7 +234,8 @@ def test_time_limit_parse_errors_are_one_line_exit_2(split_data, value):
 
 def test_time_limit_refuses_max_seconds_and_other_workflows(split_data):
     both = graft("train", str(split_data), "--time-limit", "1m", "--max-seconds", "30")
-    assert both.returncode == 2 and "--max-seconds" in both.stderr
+    assert both.returncode == 2 and "--max-seconds is the older spelling of --time-limit" in both.stderr
+    assert graft("train", str(split_data), "--max-seconds", "0").returncode == 2
     auto_freeze = graft("train", str(split_data), "--time-limit", "1m", "--freeze", "auto")
     assert auto_freeze.returncode == 2 and "one run in one process" in auto_freeze.stderr
 
@@ -469,3 +471,11 @@ def test_graft_train_time_limit_joins_two_backbones_into_one_model_that_predicts
 def _renamed(backbone, name):
     backbone.name = name
     return backbone
+
+
+def test_a_stretched_member_keeps_one_epoch_to_spare():
+    info = {"settings": {"finetune_epochs": 5}, "predicted_seconds": 100.0, "epoch_seconds": 10.0}
+    assert planner.stretched_epochs(info, 1.0, 130.0) == 7  # 2 more epochs: 120 s, and 10 s to spare
+    assert planner.stretched_epochs(info, 1.0, 119.0) == 5  # one more would leave no epoch to spare
+    assert planner.stretched_epochs(info, 0.5, 100.0) == planner.MAX_FINETUNE_EPOCHS
+    assert planner.stretched_epochs({**info, "settings": {}}, 0.5, 1000.0) == 0  # a head-only member stays so

@@ -198,8 +198,7 @@ def train(
     time_limit: opt.TimeLimit = None,
     ensemble: bool = typer.Option(True, help="--time-limit: when the limit affords two or three backbones, train "
                                   "them all and join them into one model (docs/ensemble.md); --no-ensemble: one backbone."),
-    max_seconds: Optional[float] = typer.Option(None, help="Older, training-only budget: no new epoch starts "
-                                                "after it (no plan). Prefer --time-limit."),
+    max_seconds: Optional[float] = typer.Option(None, help="Older spelling of --time-limit, in seconds."),
     lr_find: bool = typer.Option(False, "--lr-find", help="Run the learning-rate range test first and train with "
                                  "its suggestion (--lr; the plot goes to lr_find.png in the run folder)."),
     resume: Optional[Path] = typer.Option(None, help="Continue the interrupted run in this folder, with its saved "
@@ -248,7 +247,13 @@ def train(
     if data_dir is None:
         raise GraftError("train needs DATA_DIR (or --resume RUN_DIR). See 'graft train --help'.")
     freeze_auto = freeze.strip().lower() == "auto"
-    planned = _planned(ctx, time_limit, backbone, max_seconds, freeze_auto, lr_find or pseudo_label or
+    if max_seconds is not None:  # the older spelling of --time-limit
+        if time_limit is not None:
+            raise ConfigError("--max-seconds is the older spelling of --time-limit: give one of them")
+        if not max_seconds > 0:
+            raise ConfigError(f"--max-seconds must be longer than 0 seconds; got {max_seconds:g}")
+        time_limit, max_seconds = f"{max_seconds:g}s", None
+    planned = _planned(ctx, time_limit, backbone, freeze_auto, lr_find or pseudo_label or
                        unlabeled is not None, nproc)
     backbone = _D["backbone"] if planned and planned["auto_backbone"] else backbone
     try:
@@ -302,8 +307,8 @@ def train(
     _after_training(run, quiet)
 
 
-def _planned(ctx: typer.Context, time_limit: Optional[str], backbone: str, max_seconds: Optional[float],
-             freeze_auto: bool, other_workflow: bool, nproc: int) -> dict | None:
+def _planned(ctx: typer.Context, time_limit: Optional[str], backbone: str, freeze_auto: bool,
+             other_workflow: bool, nproc: int) -> dict | None:
     """``--time-limit`` / ``--backbone auto``: what :func:`graftkit.workflows.plan.train_planned` needs
     (the limit in seconds, whether to probe every offline backbone, the flags the user fixed); None
     for a plain run."""
@@ -318,12 +323,10 @@ def _planned(ctx: typer.Context, time_limit: Optional[str], backbone: str, max_s
                           "join trained runs with 'graft ensemble'")
     if seconds is None and not auto:
         return None
-    if max_seconds is not None and seconds is not None:
-        raise ConfigError("--max-seconds is the older, training-only spelling of --time-limit: give one of them")
     if freeze_auto or other_workflow or nproc > 1:
         raise ConfigError("--time-limit and --backbone auto plan one run in one process: drop --freeze auto, "
                           "--lr-find, --pseudo-label/--unlabeled and --nproc")
-    return {"time_limit": seconds, "auto_backbone": auto, "fixed": given - {"backbone", "ensemble"},
+    return {"time_limit": seconds, "auto_backbone": auto, "fixed": given - {"backbone", "ensemble", "max_seconds"},
             "ensemble": ctx.params.get("ensemble", True)}
 
 

@@ -242,8 +242,8 @@ def stopped_early(run: RunFiles) -> Finding | None:
     if not stop:
         return None
     return Finding("stopped-early", "low", "Stopped by the time budget",
-                   f"--max-seconds {stop.get('max_seconds')} stopped training after epoch {stop.get('after_epoch')}.",
-                   ("a larger --max-seconds, or fewer epochs",))
+                   f"the time budget ({stop.get('max_seconds')} s of training) stopped it after epoch "
+                   f"{stop.get('after_epoch')}.", ("a larger --time-limit, or fewer epochs",))
 
 
 RULES: tuple[Callable[[RunFiles], Any], ...] = (
