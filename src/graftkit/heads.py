@@ -68,7 +68,7 @@ def start_from_imagenet(model: Classifier, classes: Sequence[str]) -> list[tuple
     head stays random: no ImageNet classifier, or a class that names none)."""
     from .backbones.imagenet_classes import describe, imagenet_rows
 
-    kept = model.backbone.imagenet_head
+    kept = getattr(model.backbone, "imagenet_head", None)  # a plugin backbone may predate it
     if kept is None:
         return None
     rows = imagenet_rows(classes)
