@@ -43,7 +43,7 @@ def split_timm_model(model: nn.Module, name: str, mean, std, image_size: int,
     imagenet_head = None
     if pretrained and isinstance(classifier, nn.Linear) and classifier.out_features == IMAGENET_CLASSES:
         bias = classifier.bias if classifier.bias is not None else torch.zeros(IMAGENET_CLASSES)
-        imagenet_head = (classifier.weight.detach().clone(), bias.detach().clone())
+        imagenet_head = (classifier.weight.detach(), bias.detach())  # the cut classifier's own tensors: no copy
     backbone = _split(model, name, mean, std, image_size, pretrained)
     if imagenet_head is not None and imagenet_head[0].shape[1] == backbone.num_features:
         backbone.imagenet_head = imagenet_head

@@ -204,9 +204,8 @@ def prepare(cfg: TrainConfig, scan: DataScan | None = None, cache_dir: Path | No
     backbone = create_backbone(cfg.backbone, pretrained=cfg.pretrained and cfg.strategy != "scratch",
                                weights=cfg.weights)
     model = Classifier(backbone, len(scan.classes), cfg.dropout)
-    head_init = None
-    if cfg.head_init == "auto" and backbone.pretrained and cfg.strategy != "scratch":
-        head_init = start_from_imagenet(model, scan.classes)
+    # a backbone keeps its ImageNet classifier only when pretrained (so never under scratch)
+    head_init = start_from_imagenet(model, scan.classes) if cfg.head_init == "auto" else None
     if cfg.sync_bn:
         model = sync_batchnorm(model, device)
     model.to(device, memory_format=torch.channels_last if cfg.channels_last else torch.preserve_format)

@@ -132,50 +132,53 @@ def choose(candidates: list[dict[str, Any]], schedules: Callable[[str], Sequence
     return chosen, "; ".join(why)
 
 
+def joinable(candidates: list[dict[str, Any]], chosen: dict[str, Any]) -> list[dict[str, Any]]:
+    """The backbones that may be joined with ``chosen``: the probes within the standard error of the best
+    of the others; none unless ``chosen``'s plan is a full fine-tune (tier 2) that fits."""
+    others = [c for c in candidates if c is not chosen and c.get("probe_accuracy") is not None]
+    if chosen.get("tier") != 2 or not chosen.get("fits") or not others:
+        return []
+    return tied_with_best(others)[1]
+
+
+def member_schedule(candidate: dict[str, Any], epochs: int) -> Schedule:
+    """A member's schedule: fine-tune 2 head + ``epochs`` epochs, stage 0 frozen."""
+    return Schedule("fine-tune", 2, epochs, min(1, candidate["num_stages"] - 1))
+
+
 def plan_members(candidates: list[dict[str, Any]], chosen: dict[str, Any], seconds: Callable[[str, Schedule], float],
                  join_seconds: Callable[[Sequence[str]], float], available: float) -> dict[str, Any] | None:
     """Backbones to train after ``chosen`` and join with it, when ``available`` seconds afford them all at
     one of :data:`ENSEMBLE_FINETUNE_EPOCHS`: as many as :data:`MAX_MEMBERS` (more members first, then
-    more epochs), drawn from the probes within the standard error of the best of the others (the
-    cheapest group of them). None when not even two fit."""
-    if chosen.get("tier") != 2 or not chosen.get("fits"):
-        return None
-    others = [c for c in candidates if c is not chosen and c.get("probe_accuracy") is not None]
-    if not others:
-        return None
-    ties = tied_with_best(others)[1]
+    more epochs), drawn from :func:`joinable` (the cheapest group of them). None when not even two fit."""
+    ties = joinable(candidates, chosen)
     for count in range(min(MAX_MEMBERS, len(ties) + 1), 1, -1):
         for epochs in ENSEMBLE_FINETUNE_EPOCHS:
             options = []
             for group in itertools.combinations(ties, count - 1):
-                members = [(c, Schedule("fine-tune", 2, epochs, min(1, c["num_stages"] - 1))) for c in (chosen, *group)]
+                members = [(c, member_schedule(c, epochs)) for c in (chosen, *group)]
                 members = [(c, schedule, seconds(c["backbone"], schedule)) for c, schedule in members]
-                total = sum(m[2] for m in members) + join_seconds([c["backbone"] for c, _, _ in members])
+                join = join_seconds([c["backbone"] for c, _, _ in members])
+                total = sum(m[2] for m in members) + join
                 if total <= available:
-                    options.append((total, [c["backbone"] for c in group], members))
+                    options.append((total, [c["backbone"] for c in group], members, join))
             if options:
-                total, _, members = min(options, key=lambda o: (o[0], o[1]))
-                return {"members": members, "predicted_seconds": total, "finetune_epochs": epochs}
+                total, _, members, join = min(options, key=lambda o: (o[0], o[1]))
+                return {"members": members, "predicted_seconds": total, "join_seconds": join,
+                        "finetune_epochs": epochs}
     return None
 
 
 def optional_members(candidates: list[dict[str, Any]], chosen: dict[str, Any], planned: Sequence[str],
                      seconds: Callable[[str, Schedule], float]) -> list[tuple[dict[str, Any], Schedule, float]]:
     """Backbones that join after the ``planned`` ones only if those run faster than predicted (the timed steps
-    read slow, and one timed step is noisy): the probes within the standard error of the best of the others
-    not planned, cheapest first, up to :data:`MAX_MEMBERS` in all, at the shortest of
-    :data:`ENSEMBLE_FINETUNE_EPOCHS`. None unless the chosen plan is a full fine-tune that fits."""
-    if chosen.get("tier") != 2 or not chosen.get("fits") or len(planned) >= MAX_MEMBERS:
-        return []
-    others = [c for c in candidates if c is not chosen and c.get("probe_accuracy") is not None]
-    if not others:
-        return []
-    spare = [c for c in tied_with_best(others)[1] if c["backbone"] not in planned]
-    epochs = min(ENSEMBLE_FINETUNE_EPOCHS)
-    options = [(c, Schedule("fine-tune", 2, epochs, min(1, c["num_stages"] - 1))) for c in spare]
+    read slow, and one timed step is noisy): those of :func:`joinable` not planned, cheapest first, up to
+    :data:`MAX_MEMBERS` in all, at the shortest of :data:`ENSEMBLE_FINETUNE_EPOCHS`."""
+    spare = [c for c in joinable(candidates, chosen) if c["backbone"] not in planned]
+    options = [(c, member_schedule(c, min(ENSEMBLE_FINETUNE_EPOCHS))) for c in spare]
     options = sorted(((c, schedule, seconds(c["backbone"], schedule)) for c, schedule in options),
                      key=lambda m: (m[2], m[0]["backbone"]))
-    return options[:MAX_MEMBERS - len(planned)]
+    return options[:max(MAX_MEMBERS - len(planned), 0)]
 
 
 def probe_backbones(cfg: TrainConfig, inner, names: Sequence[str], budget: float | None,
@@ -314,7 +317,7 @@ def make_plan(cfg: TrainConfig, scan, *, time_limit: float | None, started: floa
                     "join_seconds": join_seconds([chosen["backbone"], optional[0][0]["backbone"]])}
         if optional:
             pair["optional"] = optional
-            reason += (f"; {', '.join(c['backbone'] for c, _, _ in optional)} (fine-tune 2+{min(ENSEMBLE_FINETUNE_EPOCHS)}, "
+            reason += (f"; {', '.join(c['backbone'] for c, _, _ in optional)} (fine-tune 2+{optional[0][1].finetune_epochs}, "
                        f"predicted {', '.join(f'{sec:.0f}s' for _, _, sec in optional)}) will join if the planned "
                        f"run{'s' if len(planned) > 1 else ''} take less time than predicted")
     if pair is not None and len(pair["members"]) > 1:
@@ -353,9 +356,8 @@ def make_plan(cfg: TrainConfig, scan, *, time_limit: float | None, started: floa
             "reason": reason}
     if pair is not None:
         optional = pair.get("optional", [])
-        join = pair.get("join_seconds", pair["predicted_seconds"] - sum(m[2] for m in pair["members"]))
         plan["ensemble"] = {
-            "predicted_seconds": round(pair["predicted_seconds"], 1), "join_seconds": round(join, 1),
+            "predicted_seconds": round(pair["predicted_seconds"], 1), "join_seconds": round(pair["join_seconds"], 1),
             "members": [{"backbone": c["backbone"], "schedule": sched.describe(c["num_stages"]),
                          "predicted_seconds": round(sec, 1), "settings": schedule_settings(sched, fixed),
                          "epoch_seconds": round(cost.epoch_seconds(c["backbone"], sched, num_train, num_val, cached), 1),
@@ -390,9 +392,14 @@ def stretched_epochs(info: dict[str, Any], pace: float, left: float) -> int:
     if not planned:
         return planned
     for epochs in range(MAX_FINETUNE_EPOCHS, planned, -1):
-        if pace * (info["predicted_seconds"] + (epochs - planned + 1) * info["epoch_seconds"]) <= left:
+        if pace * (member_seconds(info, epochs) + info["epoch_seconds"]) <= left:
             return epochs
     return planned
+
+
+def member_seconds(info: dict[str, Any], epochs: int) -> float:
+    """Predicted seconds of member ``info`` fine-tuning ``epochs`` epochs instead of its planned ones."""
+    return info["predicted_seconds"] + (epochs - int(info["settings"].get("finetune_epochs", 0))) * info["epoch_seconds"]
 
 
 def train_members(run_cfg: TrainConfig, plan: dict[str, Any], scan, *, time_limit: float, started: float,
@@ -429,17 +436,18 @@ def train_members(run_cfg: TrainConfig, plan: dict[str, Any], scan, *, time_limi
         later = pace * sum(m["predicted_seconds"] for m in infos[index + 1:] if not m.get("optional"))
         left = (time_limit * TARGET_FRACTION - (time.monotonic() - started) - plan["reserve_seconds"]
                 - pair["join_seconds"] - later)
-        if left < pace * info["predicted_seconds"] and info.get("optional"):
-            say(f"plan: {info['backbone']} does not fit after all ({left:.0f}s left, {pace * info['predicted_seconds']:.0f}s "
+        needed = pace * info["predicted_seconds"]
+        if left < needed and info.get("optional"):
+            say(f"plan: {info['backbone']} does not fit after all ({left:.0f}s left, {needed:.0f}s "
                 f"predicted at the measured pace {pace:.2f}x): not trained")
             continue
-        if left < pace * info["predicted_seconds"]:
-            say(f"plan: {info['backbone']} no longer fits ({left:.0f}s left, {pace * info['predicted_seconds']:.0f}s "
+        if left < needed:
+            say(f"plan: {info['backbone']} no longer fits ({left:.0f}s left, {needed:.0f}s "
                 f"predicted at the measured pace): {', '.join(m['backbone'] for m in infos[index:])} skipped")
             break
         epochs = stretched_epochs(info, pace, left)
         planned = int(info["settings"].get("finetune_epochs", 0))
-        predicted = info["predicted_seconds"] + (epochs - planned) * info["epoch_seconds"]
+        predicted = member_seconds(info, epochs)
         if epochs > planned:
             say(f"plan: the members so far took {pace:.2f}x their predicted time: {info['backbone']} fine-tunes "
                 f"{epochs} epochs instead of {planned} (predicted {pace * predicted:.0f}s of {left:.0f}s left)")
