@@ -287,14 +287,16 @@ def test_a_limit_that_affords_two_backbones_plans_both_to_be_joined(split_data, 
     assert roomy["ensemble"]["predicted_seconds"] <= roomy["available_seconds"]
     assert sum(m["predicted_seconds"] for m in members) < roomy["ensemble"]["predicted_seconds"]  # + joining
     assert "joined into one model" in roomy["reason"] and run_cfg.backbone == "tiny_b"
-    # the first member stops in time for the second and the join
-    assert run_cfg.max_seconds < roomy["available_seconds"] - members[1]["predicted_seconds"]
+    # the first member stops in time for the second's shortest run at the planned pace, and the join
+    shortest = members[1]["predicted_seconds"] - (8 - planner.MIN_MEMBER_FINETUNE_EPOCHS) * members[1]["epoch_seconds"]
+    assert run_cfg.max_seconds < roomy["available_seconds"] - planner.PLAN_PACE * shortest - roomy["ensemble"]["join_seconds"]
+    assert run_cfg.max_seconds > roomy["available_seconds"] - members[1]["predicted_seconds"]
     assert "ensemble" not in plan(3600.0, ensemble=False)[1]
     # one backbone affords fine-tune 2+8 but two cannot have 2+5 each: one backbone, as before
     single = planner.make_plan(
         TrainConfig(data_dir=split_data, out_dir=tmp_path / "one", device="cpu", progress="none"), scan,
         time_limit=3600.0, started=time.monotonic(), auto_backbone=True, fixed=set(), say=lambda line: None,
-        measure=_fake_measure({"tiny_cnn": 0.7, "tiny_b": 0.9}, {"tiny_cnn": 14.0, "tiny_b": 14.0}, []))[1]
+        measure=_fake_measure({"tiny_cnn": 0.7, "tiny_b": 0.9}, {"tiny_cnn": 28.0, "tiny_b": 14.0}, []))[1]
     # ... one backbone planned; the other joins only if the first runs faster than predicted
     assert single["chosen"]["ensemble"] == ["tiny_b"] and "fine-tune 2 head" in single["chosen"]["schedule"]
     assert [(m["backbone"], m["optional"]) for m in single["ensemble"]["members"]] == [("tiny_b", False),
@@ -308,7 +310,7 @@ def test_a_limit_that_affords_two_backbones_plans_both_to_be_joined(split_data, 
 def test_a_backbone_that_did_not_fit_the_plan_joins_when_the_planned_one_ran_fast(split_data, tmp_path, two_tiny,
                                                                                   monkeypatch):
     scan = scan_data(split_data, 0.2, 0)
-    measure = _fake_measure({"tiny_cnn": 0.7, "tiny_b": 0.9}, {"tiny_cnn": 14.0, "tiny_b": 14.0}, [])
+    measure = _fake_measure({"tiny_cnn": 0.7, "tiny_b": 0.9}, {"tiny_cnn": 28.0, "tiny_b": 14.0}, [])
     joined = []
     monkeypatch.setattr("graftkit.workflows.ensemble.ensemble_runs",
                         lambda runs, out, **kw: joined.append(list(runs)) or {"val_accuracy": 0.5})
@@ -357,13 +359,14 @@ def test_more_members_come_first_then_more_epochs_and_a_late_member_is_skipped(s
     roomy = plan(3600.0)["ensemble"]
     assert [m["backbone"] for m in roomy["members"]] == ["tiny_b", "tiny_cnn", "tiny_c"]
     assert all(m["settings"]["finetune_epochs"] == 8 for m in roomy["members"])
-    # per member ~140 s at 2+5, ~163 s at 2+6, ~208 s at 2+8 (a training step: 1 s per image): three fit
-    # 465 s available only at 2+5
+    # per member ~118 s at 2+4, ~140 s at 2+5, ~163 s at 2+6, ~208 s at 2+8 (a training step: 1 s per image),
+    # planned at PLAN_PACE (0.8): three fit 465 s available at 2+6 (0.8 x 502 s with the join), not at 2+8
     tight = plan(500.0)["ensemble"]
-    assert len(tight["members"]) == 3 and tight["members"][0]["settings"]["finetune_epochs"] == 5
-    pair = plan(380.0)["ensemble"]
+    assert len(tight["members"]) == 3 and tight["members"][0]["settings"]["finetune_epochs"] == 6
+    assert tight["predicted_seconds"] > plan(500.0)["available_seconds"] >= planner.PLAN_PACE * tight["predicted_seconds"]
+    pair = plan(280.0)["ensemble"]  # 260 s: three would need 0.8 x 366 s even at 2+4
     planned = [m for m in pair["members"] if not m["optional"]]
-    assert len(planned) == 2 and pair["predicted_seconds"] <= plan(380.0)["available_seconds"]
+    assert len(planned) == 2 and planner.PLAN_PACE * pair["predicted_seconds"] <= plan(280.0)["available_seconds"]
     optional = [m["backbone"] for m in pair["members"] if m["optional"]]  # the third joins if time allows
     assert len(optional) == 1 and optional[0] not in [m["backbone"] for m in planned]
 
@@ -394,7 +397,7 @@ def test_more_members_come_first_then_more_epochs_and_a_late_member_is_skipped(s
     assert [(t["backbone"], t["seconds"]) for t in recorded] == [("tiny_b", 10.0), ("tiny_cnn", 3200.0)]
 
 
-def test_members_after_one_that_ran_fast_fine_tune_longer_within_what_is_left(split_data, tmp_path, monkeypatch):
+def test_later_members_fine_tune_longer_or_shorter_as_the_measured_pace_affords(split_data, tmp_path, monkeypatch):
     monkeypatch.setattr(planner, "AUTO_BACKBONES", ("tiny_cnn", "tiny_b", "tiny_c"))
     scan = scan_data(split_data, 0.2, 0)
     measure = _fake_measure({"tiny_cnn": 0.8, "tiny_b": 0.9, "tiny_c": 0.85}, {"tiny_cnn": 1.0, "tiny_b": 1.0,
@@ -403,7 +406,7 @@ def test_members_after_one_that_ran_fast_fine_tune_longer_within_what_is_left(sp
     run_cfg, plan_json, _ = planner.make_plan(cfg, scan, time_limit=500.0, started=time.monotonic(), auto_backbone=True,
                                               fixed=set(), say=lambda line: None, measure=measure)
     members = plan_json["ensemble"]["members"]
-    assert len(members) == 3 and all(m["settings"]["finetune_epochs"] == 5 for m in members)
+    assert len(members) == 3 and all(m["settings"]["finetune_epochs"] == 6 for m in members)  # at PLAN_PACE
     monkeypatch.setattr("graftkit.workflows.ensemble.ensemble_runs", lambda runs, out, **kw: {"val_accuracy": 0.5})
     monkeypatch.setattr("graftkit.engine.checkpoint.load_model", lambda path: (None, {}))
 
@@ -414,9 +417,9 @@ def test_members_after_one_that_ran_fast_fine_tune_longer_within_what_is_left(sp
 
         def train(cfg, scan=None):
             info = next(m for m in members if m["backbone"] == cfg.backbone)
-            planned = info["predicted_seconds"] + (cfg.finetune_epochs - 5) * info["epoch_seconds"]
-            clock["now"] += share * planned
+            clock["now"] += share * planner.member_seconds(info, cfg.finetune_epochs)
             given.append((cfg.backbone, cfg.finetune_epochs, cfg.max_seconds))
+            Path(cfg.out_dir).mkdir(parents=True, exist_ok=True)
             return SimpleNamespace(config=cfg, out_dir=cfg.out_dir, metrics={"val_accuracy": 1.0}, classes=["a", "b"],
                                    history=[], model=None)
 
@@ -426,15 +429,24 @@ def test_members_after_one_that_ran_fast_fine_tune_longer_within_what_is_left(sp
 
     run_cfg.out_dir.mkdir()
     limit = 500.0 * planner.TARGET_FRACTION - plan_json["reserve_seconds"]
-    on_time, _, ended = run_with(1.0)  # as predicted: at most the plan's slack (not a whole epoch each) is added
-    assert [g[1] for g in on_time][0] == 5 and sum(g[1] for g in on_time) <= 16 and ended <= limit
+    expected, _, ended = run_with(planner.PLAN_PACE)  # the pace the plan expects: about the planned epochs
+    assert [g[1] for g in expected][0] == 6 and 17 <= sum(g[1] for g in expected) <= 20 and ended <= limit
+    slow, lines, ended = run_with(1.0)  # the cost model was right: the later members fine-tune fewer epochs
+    assert slow[0][1] == 6 and [g[0] for g in slow] == ["tiny_b", "tiny_cnn", "tiny_c"]
+    assert all(planner.MIN_MEMBER_FINETUNE_EPOCHS <= epochs for _, epochs, _ in slow)
+    assert sum(g[1] for g in slow) < 18 and ended <= limit  # all three, inside the limit
+    assert any("took 1.00x their predicted time: tiny_cnn fine-tunes" in line and "instead of 6" in line
+               for line in lines)
     fast, lines, ended = run_with(0.5)  # twice as fast as predicted: the later members fine-tune longer
-    assert fast[0][1] == 5 and all(on < epochs <= planner.MAX_FINETUNE_EPOCHS
-                                   for (_, epochs, _), (_, on, _) in zip(fast[1:], on_time[1:]))
+    assert fast[0][1] == 6 and all(on < epochs <= planner.MAX_FINETUNE_EPOCHS
+                                   for (_, epochs, _), (_, on, _) in zip(fast[1:], slow[1:]))
     assert any("took 0.50x their predicted time: tiny_cnn fine-tunes" in line for line in lines)
     assert ended <= limit  # still inside the limit
     trained = json.loads((run_cfg.out_dir / "plan.json").read_text())["ensemble"]["trained"]
     assert [t["finetune_epochs"] for t in trained] == [g[1] for g in fast]
+    late, lines, ended = run_with(1.6)  # far slower: a later member's shortest run no longer fits
+    assert len(late) < 3 and any("no longer fits" in line and "for 2+3 with an epoch to spare" in line
+                                 for line in lines)
 
 
 def test_graft_train_time_limit_joins_two_backbones_into_one_model_that_predicts(split_data, tmp_path, two_tiny,
@@ -473,9 +485,13 @@ def _renamed(backbone, name):
     return backbone
 
 
-def test_a_stretched_member_keeps_one_epoch_to_spare():
+def test_a_re_planned_member_keeps_one_epoch_to_spare_and_a_minimum():
     info = {"settings": {"finetune_epochs": 5}, "predicted_seconds": 100.0, "epoch_seconds": 10.0}
-    assert planner.stretched_epochs(info, 1.0, 130.0) == 7  # 2 more epochs: 120 s, and 10 s to spare
-    assert planner.stretched_epochs(info, 1.0, 119.0) == 5  # one more would leave no epoch to spare
-    assert planner.stretched_epochs(info, 0.5, 100.0) == planner.MAX_FINETUNE_EPOCHS
-    assert planner.stretched_epochs({**info, "settings": {}}, 0.5, 1000.0) == 0  # a head-only member stays so
+    assert planner.member_epochs(info, 1.0, 130.0) == 7  # 2 more epochs: 120 s, and 10 s to spare
+    assert planner.member_epochs(info, 1.0, 119.0) == 5  # one more would leave no epoch to spare
+    assert planner.member_epochs(info, 1.0, 109.0) == 4  # the planned 5 would leave none: one fewer
+    assert planner.member_epochs(info, 0.5, 100.0) == planner.MAX_FINETUNE_EPOCHS
+    assert planner.member_epochs(info, 1.0, 99.0) == planner.MIN_MEMBER_FINETUNE_EPOCHS  # 80 s + 10 to spare
+    assert planner.member_epochs(info, 1.0, 89.0) is None  # not even the fewest fit
+    head_only = {**info, "settings": {}}
+    assert planner.member_epochs(head_only, 0.5, 1000.0) == 0 and planner.member_epochs(head_only, 1.0, 99.0) is None

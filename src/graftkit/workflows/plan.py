@@ -46,12 +46,20 @@ LABEL_ISSUES_SECONDS = 20.0  # the check after training (up to a minute of CPU) 
 # Single runs use the time they are given poorly: their curves flatten after 4-5
 # fine-tune epochs (history.jsonl of the 15m runs), and joining two backbones' runs measured +0.4
 # (flowers, lite0 + lite1) and +0.8 points (dtd10, lite0 + lite2) over the better one (docs/ensemble.md).
-ENSEMBLE_FINETUNE_EPOCHS = (8, 6, 5)
+ENSEMBLE_FINETUNE_EPOCHS = (8, 6, 5, 4)
 MAX_MEMBERS = 3  # the three offline backbones
 # A later member fine-tunes up to this many epochs (the ladder's longest) when the earlier ones ran faster
 # than predicted: the cost model's timed steps read 17-37 % slow against the 15m runs' epochs (plan.json
-# of the session-7 runs), so planned members left a third of the limit unused.
+# of the session-7 runs), so planned members left a third of the limit unused ...
 MAX_FINETUNE_EPOCHS = 8
+# ... and down to this many when they ran slower than the plan expected; fewer and it is not trained.
+MIN_MEMBER_FINETUNE_EPOCHS = 3
+# Members are planned at this pace (seconds taken over the cost model's predicted seconds): the 13 members
+# of the session-8 15m runs ran at 0.65-0.85 (median 0.77), never above 1. A plan that assumed 1.0 left
+# 250-320 s of 900 unused whenever the timed steps read slow (BENCHMARKS.md, session 8). The later members
+# are re-planned from the pace the run measures (:func:`member_epochs`), so a machine where the cost model
+# is right shortens or skips them rather than overrunning the limit.
+PLAN_PACE = 0.8
 PACE_RANGE = (0.5, 2.0)  # the measured pace is trusted within these bounds
 JOIN_FIXED_SECONDS = 5.0  # loading the members and writing the joined model
 MEMBERS_DIR = "members"
@@ -149,8 +157,9 @@ def member_schedule(candidate: dict[str, Any], epochs: int) -> Schedule:
 def plan_members(candidates: list[dict[str, Any]], chosen: dict[str, Any], seconds: Callable[[str, Schedule], float],
                  join_seconds: Callable[[Sequence[str]], float], available: float) -> dict[str, Any] | None:
     """Backbones to train after ``chosen`` and join with it, when ``available`` seconds afford them all at
-    one of :data:`ENSEMBLE_FINETUNE_EPOCHS`: as many as :data:`MAX_MEMBERS` (more members first, then
-    more epochs), drawn from :func:`joinable` (the cheapest group of them). None when not even two fit."""
+    one of :data:`ENSEMBLE_FINETUNE_EPOCHS` and the expected :data:`PLAN_PACE`: as many as :data:`MAX_MEMBERS`
+    (more members first, then more epochs), drawn from :func:`joinable` (the cheapest group of them). None
+    when not even two fit. ``predicted_seconds`` are the cost model's (at pace 1)."""
     ties = joinable(candidates, chosen)
     for count in range(min(MAX_MEMBERS, len(ties) + 1), 1, -1):
         for epochs in ENSEMBLE_FINETUNE_EPOCHS:
@@ -160,7 +169,7 @@ def plan_members(candidates: list[dict[str, Any]], chosen: dict[str, Any], secon
                 members = [(c, schedule, seconds(c["backbone"], schedule)) for c, schedule in members]
                 join = join_seconds([c["backbone"] for c, _, _ in members])
                 total = sum(m[2] for m in members) + join
-                if total <= available:
+                if PLAN_PACE * total <= available:
                     options.append((total, [c["backbone"] for c in group], members, join))
             if options:
                 total, _, members, join = min(options, key=lambda o: (o[0], o[1]))
@@ -173,7 +182,8 @@ def optional_members(candidates: list[dict[str, Any]], chosen: dict[str, Any], p
                      seconds: Callable[[str, Schedule], float]) -> list[tuple[dict[str, Any], Schedule, float]]:
     """Backbones that join after the ``planned`` ones only if those run faster than predicted (the timed steps
     read slow, and one timed step is noisy): those of :func:`joinable` not planned, cheapest first, up to
-    :data:`MAX_MEMBERS` in all, at the shortest of :data:`ENSEMBLE_FINETUNE_EPOCHS`."""
+    :data:`MAX_MEMBERS` in all, at the shortest of :data:`ENSEMBLE_FINETUNE_EPOCHS` (:func:`member_epochs`
+    shortens them further when that is what the time left affords)."""
     spare = [c for c in joinable(candidates, chosen) if c["backbone"] not in planned]
     options = [(c, member_schedule(c, min(ENSEMBLE_FINETUNE_EPOCHS))) for c in spare]
     options = sorted(((c, schedule, seconds(c["backbone"], schedule)) for c, schedule in options),
@@ -325,7 +335,8 @@ def make_plan(cfg: TrainConfig, scan, *, time_limit: float | None, started: floa
         names = ", ".join(c["backbone"] for c, _, _ in pair["members"])
         reason += (f"; the limit affords {len(pair['members'])} backbones at fine-tune 2+{pair['finetune_epochs']} "
                    f"each: {names} train one after the other and are joined into one model (the mean of their "
-                   f"calibrated logits, docs/ensemble.md), predicted {pair['predicted_seconds']:.0f}s of "
+                   f"calibrated logits, docs/ensemble.md), predicted {pair['predicted_seconds']:.0f}s "
+                   f"({PLAN_PACE * pair['predicted_seconds']:.0f}s at the pace members have run at, {PLAN_PACE:g}x) of "
                    f"{available:.0f}s")
     name, schedule = chosen["backbone"], chosen["schedule"]
     changes = {} if schedule_fixed else schedule_settings(schedule, fixed)
@@ -340,7 +351,10 @@ def make_plan(cfg: TrainConfig, scan, *, time_limit: float | None, started: floa
             chosen["predicted_seconds"] = round(seconds(name, schedule, len(run_scan.train)), 1)
             reason += (f"; the limit affords {len(run_scan.train)} of {num_train} training images (stratified, "
                        f"seeded; {SUBSET_NAME}), predicted {chosen['predicted_seconds']:.0f}s")
-    after_first = 0.0 if pair is None else pair["predicted_seconds"] - pair["members"][0][2]
+    # the first member may run until the later ones would have left only their shortest runs at the planned
+    # pace (they are re-planned from its measured pace): where the cost model is right, they shorten, it is not cut
+    after_first = 0.0 if pair is None else pair["join_seconds"] * (len(pair["members"]) > 1) + PLAN_PACE * sum(
+        seconds(c["backbone"], member_schedule(c, MIN_MEMBER_FINETUNE_EPOCHS)) for c, _, _ in pair["members"][1:])
     if available is not None:
         epoch = cost.epoch_seconds(name, schedule, len(run_scan.train), num_val, cached)
         left = time_limit * TARGET_FRACTION - (time.monotonic() - started) - reserve - after_first
@@ -381,20 +395,22 @@ def summary_line(plan: dict[str, Any]) -> str:
             f"({len(plan['candidates'])} candidate(s), plan.json)")
 
 
-def stretched_epochs(info: dict[str, Any], pace: float, left: float) -> int:
-    """Fine-tune epochs for member ``info`` (plan.json's ``ensemble.members`` entry): more than planned, up to
-    :data:`MAX_FINETUNE_EPOCHS`, when its predicted seconds, scaled by ``pace`` (measured seconds of the
-    members trained so far over their predicted seconds), still fit ``left`` with one epoch to spare: the
-    pace of one backbone is not quite another's (lite1 ran at 0.80-0.85 where lite0 ran at 0.75-0.79), and
-    a member the clock stops before its last epoch ends its learning-rate schedule early (dtd10: a lite1
-    stretched to 2+7 at lite0's pace was stopped after 6 fine-tune epochs, 0.913 against 0.917-0.921)."""
+def member_epochs(info: dict[str, Any], pace: float, left: float) -> int | None:
+    """Fine-tune epochs for member ``info`` (plan.json's ``ensemble.members`` entry) re-planned from ``pace``
+    (measured seconds of the members trained so far over their predicted seconds): the most, from
+    :data:`MIN_MEMBER_FINETUNE_EPOCHS` to :data:`MAX_FINETUNE_EPOCHS`, whose predicted run at that pace fits
+    ``left`` with one epoch to spare; None when not even the fewest fit. The spare epoch: the pace of one
+    backbone is not quite another's (lite1 ran at 0.80-0.85 where lite0 ran at 0.75-0.79), and a member the
+    clock stops before its last epoch ends its learning-rate schedule early (dtd10: a lite1 stretched to 2+7
+    at lite0's pace was stopped after 6 fine-tune epochs, 0.913 against 0.917-0.921). A head-only member
+    keeps its schedule (0) when it fits."""
     planned = int(info["settings"].get("finetune_epochs", 0))
     if not planned:
-        return planned
-    for epochs in range(MAX_FINETUNE_EPOCHS, planned, -1):
+        return 0 if pace * info["predicted_seconds"] <= left else None
+    for epochs in range(MAX_FINETUNE_EPOCHS, min(MIN_MEMBER_FINETUNE_EPOCHS, planned) - 1, -1):
         if pace * (member_seconds(info, epochs) + info["epoch_seconds"]) <= left:
             return epochs
-    return planned
+    return None
 
 
 def member_seconds(info: dict[str, Any], epochs: int) -> float:
@@ -406,9 +422,9 @@ def train_members(run_cfg: TrainConfig, plan: dict[str, Any], scan, *, time_limi
                   train: Callable, say: Callable[[str], None]):
     """Train the members plan.json's ``ensemble`` lists into ``members/``, one after the other, and join
     them into the run folder. After each member, the later ones are re-planned from the measured pace
-    (seconds taken over seconds predicted, within :data:`PACE_RANGE`): a member gets more fine-tune epochs
-    (:func:`stretched_epochs`) when the earlier ones ran faster than predicted, and one that no longer fits
-    what is left (they ran late) is skipped, with the ones after it; with one member left, the run folder
+    (seconds taken over seconds predicted, within :data:`PACE_RANGE`): a member gets more or fewer fine-tune
+    epochs (:func:`member_epochs`) than planned, as the time left at that pace affords, and one that no longer
+    fits even its shortest run is skipped, with the ones after it (an optional one alone); with one member left, the run folder
     gets its files. plan.json's ``ensemble.trained`` records what each member was given and took.
     Returns ``(run, first member's run)``."""
     import shutil
@@ -436,19 +452,21 @@ def train_members(run_cfg: TrainConfig, plan: dict[str, Any], scan, *, time_limi
         later = pace * sum(m["predicted_seconds"] for m in infos[index + 1:] if not m.get("optional"))
         left = (time_limit * TARGET_FRACTION - (time.monotonic() - started) - plan["reserve_seconds"]
                 - pair["join_seconds"] - later)
-        needed = pace * info["predicted_seconds"]
-        if left < needed and info.get("optional"):
-            say(f"plan: {info['backbone']} does not fit after all ({left:.0f}s left, {needed:.0f}s "
-                f"predicted at the measured pace {pace:.2f}x): not trained")
-            continue
-        if left < needed:
-            say(f"plan: {info['backbone']} no longer fits ({left:.0f}s left, {needed:.0f}s "
-                f"predicted at the measured pace): {', '.join(m['backbone'] for m in infos[index:])} skipped")
-            break
-        epochs = stretched_epochs(info, pace, left)
+        epochs = member_epochs(info, pace, left)
         planned = int(info["settings"].get("finetune_epochs", 0))
+        if epochs is None:
+            fewest = min(planned, MIN_MEMBER_FINETUNE_EPOCHS)
+            needed = pace * (member_seconds(info, fewest) + info["epoch_seconds"] * bool(planned))
+            why = f"{left:.0f}s left, {needed:.0f}s predicted at the measured pace {pace:.2f}x" + (
+                f" for 2+{fewest} with an epoch to spare" if planned else "")
+            if info.get("optional"):
+                say(f"plan: {info['backbone']} does not fit after all ({why}): not trained")
+                continue
+            say(f"plan: {info['backbone']} no longer fits ({why}): "
+                f"{', '.join(m['backbone'] for m in infos[index:])} skipped")
+            break
         predicted = member_seconds(info, epochs)
-        if epochs > planned:
+        if epochs != planned:
             say(f"plan: the members so far took {pace:.2f}x their predicted time: {info['backbone']} fine-tunes "
                 f"{epochs} epochs instead of {planned} (predicted {pace * predicted:.0f}s of {left:.0f}s left)")
         settings = {**info["settings"], **({"finetune_epochs": epochs} if planned else {})}
