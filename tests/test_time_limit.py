@@ -287,6 +287,9 @@ def test_a_limit_that_affords_two_backbones_plans_both_to_be_joined(split_data, 
     assert roomy["ensemble"]["predicted_seconds"] <= roomy["available_seconds"]
     assert sum(m["predicted_seconds"] for m in members) < roomy["ensemble"]["predicted_seconds"]  # + joining
     assert "joined into one model" in roomy["reason"] and run_cfg.backbone == "tiny_b"
+    assert roomy["ensemble"]["planned_pace"] == planner.PLAN_PACE
+    expected = f"({planner.PLAN_PACE * roomy['ensemble']['predicted_seconds']:.0f}s at the pace members have run at)"
+    assert expected in planner.summary_line(roomy) and expected.strip("()") in roomy["reason"]
     # the first member stops in time for the second's shortest run at the planned pace, and the join
     shortest = members[1]["predicted_seconds"] - (8 - planner.MIN_MEMBER_FINETUNE_EPOCHS) * members[1]["epoch_seconds"]
     assert run_cfg.max_seconds < roomy["available_seconds"] - planner.PLAN_PACE * shortest - roomy["ensemble"]["join_seconds"]

@@ -372,6 +372,7 @@ def make_plan(cfg: TrainConfig, scan, *, time_limit: float | None, started: floa
         optional = pair.get("optional", [])
         plan["ensemble"] = {
             "predicted_seconds": round(pair["predicted_seconds"], 1), "join_seconds": round(pair["join_seconds"], 1),
+            "planned_pace": PLAN_PACE,
             "members": [{"backbone": c["backbone"], "schedule": sched.describe(c["num_stages"]),
                          "predicted_seconds": round(sec, 1), "settings": schedule_settings(sched, fixed),
                          "epoch_seconds": round(cost.epoch_seconds(c["backbone"], sched, num_train, num_val, cached), 1),
@@ -389,8 +390,10 @@ def summary_line(plan: dict[str, Any]) -> str:
     later = f"; then {' + '.join(optional)} if time allows" if optional else ""
     if len(pair["members"]) - len(optional) > 1:
         planned = [m["backbone"] for m in pair["members"] if not m.get("optional")]
-        return (f"plan: {' + '.join(planned)} joined, {c['schedule']} each, predicted {pair['predicted_seconds']:.0f}s"
-                f"{limit}{later} ({len(plan['candidates'])} candidate(s), plan.json)")
+        pace = pair.get("planned_pace", 1.0)
+        return (f"plan: {' + '.join(planned)} joined, {c['schedule']} each, predicted {pair['predicted_seconds']:.0f}s "
+                f"({pace * pair['predicted_seconds']:.0f}s at the pace members have run at){limit}{later} "
+                f"({len(plan['candidates'])} candidate(s), plan.json)")
     return (f"plan: {c['backbone']}, {c['schedule']}, predicted {c['predicted_seconds']:.0f}s{limit}{later} "
             f"({len(plan['candidates'])} candidate(s), plan.json)")
 
