@@ -329,7 +329,7 @@ def make_plan(cfg: TrainConfig, scan, *, time_limit: float | None, started: floa
             pair["optional"] = optional
             reason += (f"; {', '.join(c['backbone'] for c, _, _ in optional)} (fine-tune 2+{optional[0][1].finetune_epochs}, "
                        f"predicted {', '.join(f'{sec:.0f}s' for _, _, sec in optional)}) will join if the planned "
-                       f"run{'s' if len(planned) > 1 else ''} take less time than predicted")
+                       f"run{'s take' if len(planned) > 1 else ' takes'} less time than predicted")
     if pair is not None and len(pair["members"]) > 1:
         chosen["schedule"], chosen["predicted_seconds"] = pair["members"][0][1], round(pair["members"][0][2], 1)
         names = ", ".join(c["backbone"] for c, _, _ in pair["members"])
