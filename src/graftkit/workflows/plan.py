@@ -46,7 +46,7 @@ LABEL_ISSUES_SECONDS = 20.0  # the check after training (up to a minute of CPU) 
 # Single runs use the time they are given poorly: their curves flatten after 4-5
 # fine-tune epochs (history.jsonl of the 15m runs), and joining two backbones' runs measured +0.4
 # (flowers, lite0 + lite1) and +0.8 points (dtd10, lite0 + lite2) over the better one (docs/ensemble.md).
-ENSEMBLE_FINETUNE_EPOCHS = (8, 6, 5, 4)
+ENSEMBLE_FINETUNE_EPOCHS = (8, 7, 6, 5, 4)
 MAX_MEMBERS = 3  # the three offline backbones
 # A later member fine-tunes up to this many epochs (the ladder's longest) when the earlier ones ran faster
 # than predicted: the cost model's timed steps read 17-37 % slow against the 15m runs' epochs (plan.json
@@ -398,20 +398,25 @@ def summary_line(plan: dict[str, Any]) -> str:
             f"({len(plan['candidates'])} candidate(s), plan.json)")
 
 
-def member_epochs(info: dict[str, Any], pace: float, left: float) -> int | None:
+def member_epochs(info: dict[str, Any], pace: float, left: float, margin: float = 0.0,
+                  later: Sequence[dict[str, Any]] = ()) -> int | None:
     """Fine-tune epochs for member ``info`` (plan.json's ``ensemble.members`` entry) re-planned from ``pace``
     (measured seconds of the members trained so far over their predicted seconds): the most, from
-    :data:`MIN_MEMBER_FINETUNE_EPOCHS` to :data:`MAX_FINETUNE_EPOCHS`, whose predicted run at that pace fits
-    ``left`` with one epoch to spare; None when not even the fewest fit. The spare epoch: the pace of one
-    backbone is not quite another's (lite1 ran at 0.80-0.85 where lite0 ran at 0.75-0.79), and a member the
-    clock stops before its last epoch ends its learning-rate schedule early (dtd10: a lite1 stretched to 2+7
-    at lite0's pace was stopped after 6 fine-tune epochs, 0.913 against 0.917-0.921). A head-only member
-    keeps its schedule (0) when it fits."""
+    :data:`MIN_MEMBER_FINETUNE_EPOCHS` to :data:`MAX_FINETUNE_EPOCHS`, whose predicted run at that pace, with
+    the ``later`` members' at as many epochs (a fair share; they are re-planned in their turn), fits ``left``
+    (the plan's target) and, with one epoch to spare, ``left + margin`` (the limit itself, less a minimal
+    reserve; the member's clock stops it there); None when not even the fewest fit. The spare epoch:
+    the pace of one backbone is not quite another's (lite1 ran at 0.80-0.85 where lite0 ran at 0.75-0.79),
+    and a member the clock stops before its last epoch ends its learning-rate schedule early (dtd10: a lite1
+    stretched to 2+7 at lite0's pace was stopped after 6 fine-tune epochs, 0.913 against 0.917-0.921). Kept
+    inside the target as well, it left one epoch of the slowest member unused in every run (session 9: 728-785 s
+    of 900). A head-only member keeps its schedule (0) when it fits."""
     planned = int(info["settings"].get("finetune_epochs", 0))
     if not planned:
         return 0 if pace * info["predicted_seconds"] <= left else None
     for epochs in range(MAX_FINETUNE_EPOCHS, min(MIN_MEMBER_FINETUNE_EPOCHS, planned) - 1, -1):
-        if pace * (member_seconds(info, epochs) + info["epoch_seconds"]) <= left:
+        run = pace * (member_seconds(info, epochs) + sum(member_seconds(m, epochs) for m in later))
+        if run <= left and run + pace * info["epoch_seconds"] <= left + margin:
             return epochs
     return None
 
@@ -440,6 +445,9 @@ def train_members(run_cfg: TrainConfig, plan: dict[str, Any], scan, *, time_limi
     out_dir, pair = Path(run_cfg.out_dir), plan["ensemble"]
     infos = pair["members"]
     trained: list[dict[str, Any]] = []
+    # what lies between the plan's target and the limit itself, less a minimal reserve for the run files: a
+    # re-planned member's spare epoch and its clock may use it (the join's seconds are kept apart)
+    margin = time_limit * (1 - TARGET_FRACTION) + plan["reserve_seconds"] - RESERVE_MIN
 
     def timed(info: dict[str, Any], cfg: TrainConfig, predicted: float):
         begun = time.monotonic()
@@ -452,16 +460,20 @@ def train_members(run_cfg: TrainConfig, plan: dict[str, Any], scan, *, time_limi
     for index, info in enumerate(infos[1:], 1):
         pace = min(max(sum(t["seconds"] for t in trained) / sum(t["predicted_seconds"] for t in trained),
                        PACE_RANGE[0]), PACE_RANGE[1])
-        later = pace * sum(m["predicted_seconds"] for m in infos[index + 1:] if not m.get("optional"))
+        later = [m for m in infos[index + 1:] if not m.get("optional")]
         left = (time_limit * TARGET_FRACTION - (time.monotonic() - started) - plan["reserve_seconds"]
-                - pair["join_seconds"] - later)
-        epochs = member_epochs(info, pace, left)
+                - pair["join_seconds"])
+        # as many epochs as the later members can have too; else this one alone (the later ones are then skipped)
+        epochs = member_epochs(info, pace, left, margin, later)
+        if epochs is None and later:
+            later, epochs = [], member_epochs(info, pace, left, margin)
         planned = int(info["settings"].get("finetune_epochs", 0))
         if epochs is None:
             fewest = min(planned, MIN_MEMBER_FINETUNE_EPOCHS)
-            needed = pace * (member_seconds(info, fewest) + info["epoch_seconds"] * bool(planned))
+            needed = pace * member_seconds(info, fewest)
             why = f"{left:.0f}s left, {needed:.0f}s predicted at the measured pace {pace:.2f}x" + (
-                f" for 2+{fewest} with an epoch to spare" if planned else "")
+                f" for 2+{fewest}, and an epoch more to spare within the limit ({left + margin:.0f}s)"
+                if planned else "")
             if info.get("optional"):
                 say(f"plan: {info['backbone']} does not fit after all ({why}): not trained")
                 continue
@@ -474,7 +486,8 @@ def train_members(run_cfg: TrainConfig, plan: dict[str, Any], scan, *, time_limi
                 f"{epochs} epochs instead of {planned} (predicted {pace * predicted:.0f}s of {left:.0f}s left)")
         settings = {**info["settings"], **({"finetune_epochs": epochs} if planned else {})}
         cfg = run_cfg.replace(backbone=info["backbone"], **settings, out_dir=out_dir / info["folder"],
-                              max_seconds=round(max(left - pace * info["epoch_seconds"], 1.0), 1))
+                              max_seconds=round(max(left + margin - pace * (
+                                  info["epoch_seconds"] + sum(member_seconds(m, epochs) for m in later)), 1.0), 1))
         runs.append(timed(info, cfg, predicted))
     pair["trained"] = trained
     atomic_write_text(out_dir / PLAN_NAME, json.dumps(plan, indent=2))
