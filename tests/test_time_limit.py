@@ -23,8 +23,9 @@ def _fake_measure(accuracy: dict[str, float], step_seconds: dict[str, float], se
     def measure(cfg, inner, steps_worth=None):
         seen.append((cfg.backbone, [s.path for s in inner.train], [s.path for s in inner.val]))
         step = step_seconds[cfg.backbone]
-        speed = BackboneSpeed(cfg.backbone, 4, decode=0.0, forward=step / 3, prefix={1: step / 4, 2: step / 3},
-                              train_step={1: step, 2: step / 2}, tail_eval={1: step / 3, 2: step / 4})
+        # ``step``: a training step at the planned depth (half of the 4 stages frozen)
+        speed = BackboneSpeed(cfg.backbone, 4, decode=0.0, forward=step / 3, prefix={1: step / 5, 2: step / 4},
+                              train_step={1: 2 * step, 2: step}, tail_eval={1: step / 2, 2: step / 3})
         return {"name": cfg.backbone, "image_size": 32, "probe_accuracy": accuracy[cfg.backbone], "speed": speed,
                 "seconds": 0.1, "pooled_cached": len(inner.train) + len(inner.val) if cached is None else cached}
     return measure
@@ -117,7 +118,7 @@ def test_the_plan_fits_the_budget_a_tiny_budget_gets_a_cheaper_plan(split_data, 
     small_cfg, small, small_scan = _plan(split_data, tmp_path, 60.0, [])
     large_cfg, large, _ = _plan(split_data, tmp_path, 3600.0, [])
     # large: the better probe and the richest schedule; small: what fits 60 s
-    assert large_cfg.backbone == "tiny_b" and (large_cfg.finetune_epochs, large_cfg.freeze) == (8, 1)
+    assert large_cfg.backbone == "tiny_b" and (large_cfg.finetune_epochs, large_cfg.freeze) == (8, 2)  # half of 4 stages frozen
     assert large_cfg.finetune_lr == planner.PLANNED_SETTINGS["finetune_lr"]
     assert large_cfg.augment == small_cfg.augment == planner.PLANNED_AUGMENT == "none"  # clean crops, prefix cached
     assert large["chosen"]["settings"]["augment"] == "none"
@@ -139,7 +140,7 @@ def test_a_given_augment_wins_over_the_planned_clean_crops_and_costs_its_prefix_
                                            fixed=fixed, say=lambda line: None, measure=measure)
     assert plans["light"][0].augment == "none" and plans["strong"][0].augment == "strong"
     same_schedule = plans["light"][1]["chosen"]["schedule"] == plans["strong"][1]["chosen"]["schedule"]
-    assert same_schedule and "freeze 1" in plans["strong"][1]["chosen"]["schedule"]
+    assert same_schedule and "freeze 2" in plans["strong"][1]["chosen"]["schedule"]
     assert plans["strong"][1]["chosen"]["predicted_seconds"] > plans["light"][1]["chosen"]["predicted_seconds"]
 
 
@@ -190,6 +191,14 @@ def test_probe_split_subsamples_large_data_stratified(tmp_path):
     assert sum(s.label == 0 for s in [*inner.train, *inner.val]) == 30  # the class shares stay
 
 
+def test_planned_fine_tunes_freeze_the_first_half_of_the_stages_then_deeper_with_fewer_epochs():
+    ladder = planner.schedule_ladder(7)  # EfficientNet-Lite's 7 stages
+    fine_tunes = [(s.finetune_epochs, s.freeze) for s in ladder if s.strategy == "fine-tune"]
+    assert fine_tunes == [(8, 3), (6, 3), (5, 3), (4, 3), (3, 3), (3, 5), (2, 6), (1, 6)]
+    assert planner.member_schedule({"num_stages": 7}, 6) == planner.Schedule("fine-tune", 2, 6, 3)
+    assert [s.freeze for s in planner.schedule_ladder(2) if s.strategy == "fine-tune"] == [1] * 7
+
+
 def test_cost_model_and_the_estimate_for_the_sweep():
     speed = BackboneSpeed("tiny_cnn", 4, decode=0.01, forward=0.02, prefix={1: 0.005}, train_step={1: 0.1},
                           tail_eval={1: 0.03})
@@ -219,7 +228,7 @@ def test_graft_train_time_limit_writes_plan_json_and_the_report_shows_it(split_d
     assert plan["time_limit_seconds"] == 600 and plan["chosen"]["backbone"] == "tiny_cnn"
     assert plan["candidates"][0]["chosen"] and plan["candidates"][0]["probe_accuracy"] is not None
     config = json.loads((out / "config.json").read_text())
-    assert config["finetune_epochs"] == 8 and config["freeze"] == 1 and 0 < config["max_seconds"] < 600
+    assert config["finetune_epochs"] == 8 and config["freeze"] == 2 and 0 < config["max_seconds"] < 600
     assert graft("report", str(out), "--gradcam", "0").returncode == 0
     html = (out / "report.html").read_text()
     assert "Plan: backbone and schedule chosen by measurement" in html and "probe accuracy" in html
@@ -282,7 +291,7 @@ def test_a_limit_that_affords_two_backbones_plans_both_to_be_joined(split_data, 
     run_cfg, roomy, _ = plan(3600.0)
     members = roomy["ensemble"]["members"]
     assert [m["backbone"] for m in members] == ["tiny_b", "tiny_cnn"]  # the best probe first, then the other
-    assert all(m["settings"]["finetune_epochs"] == 8 and m["settings"]["freeze"] == 1 for m in members)
+    assert all(m["settings"]["finetune_epochs"] == 8 and m["settings"]["freeze"] == 2 for m in members)
     assert [m["folder"] for m in members] == ["members/tiny_b", "members/tiny_cnn"]
     assert roomy["ensemble"]["predicted_seconds"] <= roomy["available_seconds"]
     assert sum(m["predicted_seconds"] for m in members) < roomy["ensemble"]["predicted_seconds"]  # + joining

@@ -65,8 +65,8 @@ def depth_label(depth: int, num_stages: int) -> str:
 
 
 def timing_depths(num_stages: int) -> list[int]:
-    """Freeze depths whose training step the probe times: stage 0 frozen, half, all but two (the
-    planner's schedules; other depths take the nearest measured one)."""
+    """Freeze depths whose training step the probe times: half and all but two (the planner's
+    schedules), stage 0 frozen (a given ``--freeze 1``); other depths take the nearest measured one."""
     return sorted({min(1, num_stages - 1), num_stages // 2, max(num_stages - 2, 0)})
 
 
