@@ -21,8 +21,8 @@ from typing import Any, Callable, Sequence
 from ..config import TrainConfig
 from ..errors import ConfigError
 from ..metrics import binomial_se
-from .probe import (RELATIVE_COST, CostModel, Schedule, caches_prefix, measure_backbone, probe_images,
-                    probe_split)
+from .probe import (RELATIVE_COST, CostModel, Schedule, caches_prefix, measure_backbone, planned_freeze,
+                    probe_images, probe_split)
 
 AUTO_BACKBONES = ("efficientnet_lite0", "efficientnet_lite1", "efficientnet_lite2")
 PROBE_SHARE = 0.2       # probing stops before a backbone whose probe would pass this share of the limit
@@ -64,14 +64,6 @@ PLAN_PACE = 0.8
 PACE_RANGE = (0.5, 2.0)  # the measured pace is trusted within these bounds
 JOIN_FIXED_SECONDS = 5.0  # loading the members and writing the joined model
 MEMBERS_DIR = "members"
-
-
-def planned_freeze(num_stages: int) -> int:
-    """The frozen stages of a planned fine-tune: the first half (3 of EfficientNet-Lite's 7), whose output
-    is cached once (:data:`PLANNED_AUGMENT`). On inner splits of the training images it scored as stage 0
-    frozen did, in half the time (lite0, 2+6: dtd10 0.900 and 0.900, 107 s against 194 s; flowers 0.920 and
-    0.920, 120 s against 208 s; BENCHMARKS.md, session 11): the time saved buys more members and epochs."""
-    return num_stages // 2
 
 
 def schedule_ladder(num_stages: int) -> list[Schedule]:

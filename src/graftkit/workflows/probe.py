@@ -64,10 +64,20 @@ def depth_label(depth: int, num_stages: int) -> str:
     return "last stage trainable" if trainable == 1 else f"last {trainable} stages trainable"
 
 
+def planned_freeze(num_stages: int) -> int:
+    """The frozen stages of a planned fine-tune (``workflows.plan``): the first half (3 of EfficientNet-Lite's
+    7), whose output is cached once (the planned runs train on clean crops). On inner splits of the training
+    images it scored as stage 0 frozen did, in half the time (lite0, 2+6: dtd10 0.900 and 0.900, 107 s against
+    194 s; flowers 0.920 and 0.920, 120 s against 208 s; BENCHMARKS.md, session 11): the time saved buys more
+    members and epochs. :func:`timing_depths` always times it."""
+    return num_stages // 2
+
+
 def timing_depths(num_stages: int) -> list[int]:
-    """Freeze depths whose training step the probe times: half and all but two (the planner's
-    schedules), stage 0 frozen (a given ``--freeze 1``); other depths take the nearest measured one."""
-    return sorted({min(1, num_stages - 1), num_stages // 2, max(num_stages - 2, 0)})
+    """Freeze depths whose training step the probe times: the planned one (:func:`planned_freeze`) and all
+    but two (the planner's schedules), stage 0 frozen (a given ``--freeze 1``); other depths take the
+    nearest measured one."""
+    return sorted({min(1, num_stages - 1), planned_freeze(num_stages), max(num_stages - 2, 0)})
 
 
 def seconds_after_head(history: Sequence[dict[str, Any]], head_epochs: int) -> float:
